@@ -1,0 +1,796 @@
+# cython: language_level=3
+"""Native core of the dynamic batcher: the request queue and the batch gather.
+
+``Scheduler`` holds the queued requests of one model version and decides, the way
+Triton's dynamic batcher does, which of them run together: priority levels served
+highest first, FIFO within a level, one shape per batch, preferred batch sizes, a
+maximum queue delay, per-level queue policies (timeout REJECT / DELAY, max queue size)
+and per-request deadlines. ``poll(now)`` is the pure decision, driven by any clock;
+``next_batch()`` is the blocking call that model instance worker threads make.
+
+``gather`` copies the input rows of a batch into one preallocated contiguous buffer.
+Outputs are scattered by the caller with numpy views, which copy nothing.
+
+Locking. Two things guard the scheduler:
+  * ``_mutex`` (pthreads) guards the C fields ``_busy``, ``_generation``, ``_closed`` and
+    the waiter counts. It is held for a few C statements at a time, never while Python
+    code runs, and the GIL is never taken while it is held. Lock order: GIL -> mutex.
+  * ``_busy`` is a flag lock over the Python-object queue data (deques, heap, dict). It
+    is taken with the GIL held when free, and waited for with the GIL released. The GIL
+    alone is not enough: any allocation can run the cyclic GC, whose finalizers run
+    Python code that may hand the GIL to another thread in the middle of an update.
+Waiting workers sleep on a condition variable bound to CLOCK_MONOTONIC (the clock of
+``time.monotonic()``) with the GIL released. Lost wake-ups are avoided with a
+generation counter: every enqueue, cancel and close bumps it, a worker reads it inside
+the same critical section as its poll and sleeps only while it is unchanged.
+"""
+
+cimport cython
+cimport numpy as cnp
+from libc.errno cimport ETIMEDOUT
+from libc.math cimport INFINITY, floor
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from batcher cimport (
+    pthread_cond_broadcast,
+    pthread_cond_destroy,
+    pthread_cond_init,
+    pthread_cond_signal,
+    pthread_cond_t,
+    pthread_cond_timedwait,
+    pthread_cond_wait,
+    pthread_condattr_destroy,
+    pthread_condattr_init,
+    pthread_condattr_setclock,
+    pthread_condattr_t,
+    pthread_mutex_destroy,
+    pthread_mutex_init,
+    pthread_mutex_lock,
+    pthread_mutex_t,
+    pthread_mutex_unlock,
+)
+
+from collections import deque
+from heapq import heapify, heappop, heappush
+
+cnp.import_array()
+
+__all__ = ["QueueFull", "QueuePolicy", "Scheduler", "gather"]
+
+cdef enum:
+    # Copies smaller than this keep the GIL: giving it up and taking it back can cost
+    # more than the copy, up to the interpreter's switch interval while the event loop
+    # thread is busy running Python.
+    _NOGIL_MIN_BYTES = 65536
+
+cdef enum:
+    # _Entry.state
+    _QUEUED = 0
+    _TAKEN = 1
+    _CANCELLED = 2
+    _EXPIRED = 3
+
+cdef enum:
+    # Expiry record kinds; at equal times a deadline is reported before a queue timeout.
+    _DEADLINE = 0
+    _TIMEOUT = 1
+
+cdef enum:
+    # _release(notify)
+    _NOTIFY_NONE = 0
+    _NOTIFY_ONE = 1
+    _NOTIFY_ALL = 2
+
+
+class QueueFull(Exception):
+    """The request's priority level already holds its policy's max_queue_size requests."""
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline bint _live(_Entry entry, bint in_fifo) noexcept:
+    # An entry moved to its level's delayed queue leaves a stale reference in the FIFO.
+    return entry.state == _QUEUED and entry.delayed != in_fifo
+
+
+cdef class QueuePolicy:
+    """Triton's ModelQueuePolicy for one priority level.
+
+    timeout_action: "REJECT" (expire the request) or "DELAY" (move it behind every
+    request of its level that has not timed out). default_timeout_us: queue timeout,
+    0 = none. allow_timeout_override: honour the request's own timeout. max_queue_size:
+    0 = unlimited.
+    """
+
+    cdef readonly str timeout_action
+    cdef readonly long long default_timeout_us
+    cdef readonly bint allow_timeout_override
+    cdef readonly Py_ssize_t max_queue_size
+    cdef bint _reject
+
+    def __init__(
+        self,
+        str timeout_action="REJECT",
+        long long default_timeout_us=0,
+        bint allow_timeout_override=False,
+        Py_ssize_t max_queue_size=0,
+    ):
+        if timeout_action not in ("REJECT", "DELAY"):
+            raise ValueError(
+                f"timeout_action must be 'REJECT' or 'DELAY', got {timeout_action!r}"
+            )
+        if default_timeout_us < 0:
+            raise ValueError(f"default_timeout_us must be >= 0, got {default_timeout_us}")
+        if max_queue_size < 0:
+            raise ValueError(f"max_queue_size must be >= 0, got {max_queue_size}")
+        self.timeout_action = timeout_action
+        self.default_timeout_us = default_timeout_us
+        self.allow_timeout_override = allow_timeout_override
+        self.max_queue_size = max_queue_size
+        self._reject = timeout_action == "REJECT"
+
+    def __repr__(self):
+        return (
+            f"QueuePolicy(timeout_action={self.timeout_action!r}, "
+            f"default_timeout_us={self.default_timeout_us}, "
+            f"allow_timeout_override={bool(self.allow_timeout_override)}, "
+            f"max_queue_size={self.max_queue_size})"
+        )
+
+
+@cython.freelist(256)
+@cython.final
+cdef class _Entry:
+    cdef object item
+    cdef object shape_key
+    cdef long long rows
+    cdef double enqueued_at
+    cdef int level
+    cdef int state
+    cdef bint delayed
+
+
+@cython.final
+cdef class _Level:
+    cdef object fifo        # deque of _Entry, arrival order
+    cdef object delayed     # deque of _Entry whose DELAY timeout passed
+    cdef QueuePolicy policy
+    cdef Py_ssize_t count   # queued requests of this level
+
+
+cdef class Scheduler:
+    """The queue of one model version, with Triton's dynamic batching rules.
+
+    Times are time.monotonic() seconds. See the module docstring for the locking.
+    """
+
+    # configuration
+    cdef readonly long long max_batch_size
+    cdef readonly tuple preferred_batch_sizes
+    cdef readonly long long max_queue_delay_us
+    cdef readonly int priority_levels
+    cdef readonly int default_priority_level
+    cdef readonly bint batching
+    cdef long long _max_preferred
+    cdef double _delay_s
+    cdef frozenset _preferred_set
+    cdef list _levels           # _Level, highest priority first
+    cdef list _queues           # service order: level 1 fifo, level 1 delayed, level 2 ...
+
+    # queue data: Python objects, touched only with the GIL and _busy held
+    cdef dict _entries          # id(item) -> _Entry, queued entries only
+    cdef list _expiry           # heap of (time, kind, seq, _Entry)
+    cdef unsigned long long _seq
+    cdef Py_ssize_t _size
+    cdef long long _rows
+
+    # C state guarded by _mutex
+    cdef pthread_mutex_t _mutex
+    cdef pthread_cond_t _wakeup   # workers in next_batch; CLOCK_MONOTONIC
+    cdef pthread_cond_t _idle     # threads waiting for _busy
+    cdef bint _sync_ready
+    cdef bint _busy
+    cdef int _busy_waiters
+    cdef int _waiters
+    cdef unsigned long long _generation
+    cdef bint _closed
+
+    def __cinit__(self, *args, **kwargs):
+        cdef pthread_condattr_t attr
+        if pthread_mutex_init(&self._mutex, NULL) != 0:
+            raise MemoryError("pthread_mutex_init failed")
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        if pthread_cond_init(&self._wakeup, &attr) != 0:
+            pthread_condattr_destroy(&attr)
+            pthread_mutex_destroy(&self._mutex)
+            raise MemoryError("pthread_cond_init failed")
+        pthread_condattr_destroy(&attr)
+        if pthread_cond_init(&self._idle, NULL) != 0:
+            pthread_cond_destroy(&self._wakeup)
+            pthread_mutex_destroy(&self._mutex)
+            raise MemoryError("pthread_cond_init failed")
+        self._sync_ready = True
+
+    def __dealloc__(self):
+        # No thread can be inside a method: each call holds a reference to self.
+        if self._sync_ready:
+            pthread_cond_destroy(&self._idle)
+            pthread_cond_destroy(&self._wakeup)
+            pthread_mutex_destroy(&self._mutex)
+
+    def __init__(
+        self,
+        long long max_batch_size,
+        preferred_batch_sizes=(),
+        long long max_queue_delay_us=0,
+        int priority_levels=0,
+        int default_priority_level=0,
+        QueuePolicy default_policy=None,
+        dict priority_policies=None,
+        bint batching=True,
+    ):
+        cdef _Level level
+        cdef int number
+        if max_batch_size < 0 or (batching and max_batch_size < 1):
+            raise ValueError(
+                f"max_batch_size must be >= {1 if batching else 0}"
+                f"{' when batching' if batching else ''}, got {max_batch_size}"
+            )
+        preferred = tuple(sorted({int(size) for size in preferred_batch_sizes}))
+        for size in preferred:
+            if not 1 <= size <= max_batch_size:
+                raise ValueError(
+                    f"preferred batch size {size} is outside 1..{max_batch_size}"
+                )
+        if max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+        if priority_levels < 0:
+            raise ValueError(f"priority_levels must be >= 0, got {priority_levels}")
+        if priority_levels == 0 and default_priority_level != 0:
+            raise ValueError(
+                f"default_priority_level must be 0 without priority levels, "
+                f"got {default_priority_level}"
+            )
+        if priority_levels > 0 and not 1 <= default_priority_level <= priority_levels:
+            raise ValueError(
+                f"default_priority_level must be in 1..{priority_levels}, "
+                f"got {default_priority_level}"
+            )
+        if default_policy is None:
+            default_policy = QueuePolicy()
+        policies = priority_policies or {}
+        for number, policy in policies.items():
+            if not 1 <= number <= priority_levels:
+                raise ValueError(
+                    f"priority_policies has level {number}, levels are 1..{priority_levels}"
+                )
+            if not isinstance(policy, QueuePolicy):
+                raise TypeError(
+                    f"priority_policies[{number}] is {type(policy).__name__}, "
+                    f"not a QueuePolicy"
+                )
+
+        self.max_batch_size = max_batch_size
+        self.preferred_batch_sizes = preferred
+        self.max_queue_delay_us = max_queue_delay_us
+        self.priority_levels = priority_levels
+        self.default_priority_level = default_priority_level
+        self.batching = batching
+        self._preferred_set = frozenset(preferred)
+        self._max_preferred = max(preferred) if preferred else max_batch_size
+        self._delay_s = max_queue_delay_us / 1e6
+        self._levels = []
+        self._queues = []
+        for number in range(1, max(priority_levels, 1) + 1):
+            level = _Level.__new__(_Level)
+            level.fifo = deque()
+            level.delayed = deque()
+            level.policy = policies.get(number, default_policy)
+            level.count = 0
+            self._levels.append(level)
+            # Service order: a level's FIFO, then its timed-out DELAY requests.
+            self._queues.append(level.fifo)
+            self._queues.append(level.delayed)
+        self._entries = {}
+        self._expiry = []
+        self._seq = 0
+        self._size = 0
+        self._rows = 0
+
+    # -- synchronisation -------------------------------------------------------------
+
+    cdef int _acquire(self) except -1:
+        # Fast path with the GIL: nobody holds _mutex for longer than a few C statements.
+        pthread_mutex_lock(&self._mutex)
+        if not self._busy:
+            self._busy = True
+            pthread_mutex_unlock(&self._mutex)
+            return 0
+        pthread_mutex_unlock(&self._mutex)
+        with nogil:
+            pthread_mutex_lock(&self._mutex)
+            self._busy_waiters += 1
+            while self._busy:
+                pthread_cond_wait(&self._idle, &self._mutex)
+            self._busy_waiters -= 1
+            self._busy = True
+            pthread_mutex_unlock(&self._mutex)
+        return 0
+
+    cdef void _release(self, int notify) noexcept:
+        pthread_mutex_lock(&self._mutex)
+        self._busy = False
+        if self._busy_waiters:
+            pthread_cond_signal(&self._idle)
+        if notify != _NOTIFY_NONE:
+            self._generation += 1
+            if self._waiters:
+                if notify == _NOTIFY_ALL:
+                    pthread_cond_broadcast(&self._wakeup)
+                else:
+                    pthread_cond_signal(&self._wakeup)
+        pthread_mutex_unlock(&self._mutex)
+
+    cdef unsigned long long _read_generation(self) noexcept:
+        cdef unsigned long long generation
+        pthread_mutex_lock(&self._mutex)
+        generation = self._generation
+        pthread_mutex_unlock(&self._mutex)
+        return generation
+
+    cdef void _wait(self, unsigned long long generation, double wake_at) noexcept nogil:
+        cdef timespec ts
+        cdef double seconds
+        if wake_at != INFINITY:
+            seconds = floor(wake_at)
+            ts.tv_sec = <long>seconds
+            ts.tv_nsec = <long>((wake_at - seconds) * 1e9)
+            if ts.tv_nsec >= 1000000000:
+                ts.tv_nsec = 999999999
+            elif ts.tv_nsec < 0:
+                ts.tv_nsec = 0
+        pthread_mutex_lock(&self._mutex)
+        self._waiters += 1
+        while self._generation == generation:
+            if wake_at == INFINITY:
+                pthread_cond_wait(&self._wakeup, &self._mutex)
+            elif pthread_cond_timedwait(&self._wakeup, &self._mutex, &ts) == ETIMEDOUT:
+                break
+        self._waiters -= 1
+        pthread_mutex_unlock(&self._mutex)
+
+    # -- queue bookkeeping (GIL and _busy held) --------------------------------------
+
+    cdef object _forget(self, _Entry entry, int state):
+        """Take a queued entry out of the books; return its item. References left in
+        the deques and the expiry heap go stale and are dropped lazily."""
+        item = entry.item
+        entry.state = state
+        self._size -= 1
+        self._rows -= entry.rows
+        (<_Level>self._levels[entry.level]).count -= 1
+        del self._entries[id(item)]
+        entry.item = None
+        entry.shape_key = None
+        return item
+
+    cdef list _expire(self, double now):
+        cdef list expired = []
+        cdef list heap = self._expiry
+        cdef _Entry entry
+        cdef _Level level
+        cdef tuple record
+        while heap and (<tuple>heap[0])[0] <= now:
+            record = heappop(heap)
+            entry = record[3]
+            if entry.state != _QUEUED:
+                continue
+            if record[1] == _DEADLINE:
+                expired.append((self._forget(entry, _EXPIRED), "deadline"))
+                continue
+            if entry.delayed:
+                continue
+            level = self._levels[entry.level]
+            if level.policy._reject:
+                expired.append((self._forget(entry, _EXPIRED), "timeout"))
+            else:
+                entry.delayed = True
+                level.delayed.append(entry)
+        return expired
+
+    cdef int _drop_stale_heads(self) except -1:
+        cdef Py_ssize_t index
+        for index in range(len(self._queues)):
+            queue = self._queues[index]
+            while queue and not _live(queue[0], (index & 1) == 0):
+                queue.popleft()
+        return 0
+
+    cdef double _earliest_expiry(self) except? -1.0:
+        cdef list heap = self._expiry
+        cdef tuple record
+        cdef _Entry entry
+        while heap:
+            record = heap[0]
+            entry = record[3]
+            if entry.state == _QUEUED and not (record[1] == _TIMEOUT and entry.delayed):
+                return record[0]
+            heappop(heap)
+        return INFINITY
+
+    cdef list _take(self, Py_ssize_t count):
+        cdef list batch = []
+        cdef Py_ssize_t index = 0
+        cdef Py_ssize_t nqueues = len(self._queues)
+        cdef bint in_fifo
+        cdef _Entry entry
+        while len(batch) < count and index < nqueues:
+            queue = self._queues[index]
+            in_fifo = (index & 1) == 0
+            while queue and len(batch) < count:
+                entry = queue.popleft()
+                if _live(entry, in_fifo):
+                    batch.append(self._forget(entry, _TAKEN))
+            index += 1
+        return batch
+
+    cdef tuple _poll(self, double now):
+        """Expire, then decide (Triton's GetDynamicBatch). The run is the longest
+        prefix of the queue, in service order, with one shape_key and at most
+        max_batch_size rows. Its best cut is the last prefix whose rows are a preferred
+        size, or, if none, the prefix before the run grows past the largest preferred
+        size. Until the queue delay of the run's oldest request has passed, send the
+        best cut if there is one; send the whole run if it cannot grow (the next
+        request does not fit or has another shape, or it reached max_batch_size or the
+        largest preferred size), or if the delay is 0 or has passed; otherwise wait."""
+        cdef list expired = self._expire(now)
+        cdef Py_ssize_t index, count = 0, best = 0, take
+        cdef long long total = 0, grown
+        cdef double oldest = INFINITY, wake_at
+        cdef bint in_fifo, stopped = False, exceeded
+        cdef _Entry entry
+        cdef object shape_key = None
+        cdef double earliest
+        self._drop_stale_heads()
+        if self._size == 0:
+            return [], expired, INFINITY
+
+        # The run: from the head, in service order, the requests that can share a batch.
+        for index in range(len(self._queues)):
+            in_fifo = (index & 1) == 0
+            for entry in self._queues[index]:
+                if not _live(entry, in_fifo):
+                    continue
+                if count == 0:
+                    shape_key = entry.shape_key
+                else:
+                    if not self.batching:
+                        stopped = True
+                        break
+                    grown = total + entry.rows
+                    # Growing past every preferred size: the run so far is the batch
+                    # to send unless the queue delay has run out.
+                    if grown > self._max_preferred and best == 0:
+                        best = count
+                    if grown > self.max_batch_size or not (entry.shape_key == shape_key):
+                        stopped = True
+                        break
+                count += 1
+                total += entry.rows
+                if entry.enqueued_at < oldest:
+                    oldest = entry.enqueued_at
+                if total in self._preferred_set:
+                    best = count
+                if total == self.max_batch_size:
+                    stopped = True
+                    break
+            if stopped:
+                break
+
+        if not self.batching:
+            take = 1
+        else:
+            # After close() nothing can join, so waiting is pointless: flush.
+            exceeded = self._closed or (self._delay_s > 0 and now >= oldest + self._delay_s)
+            if best > 0 and not exceeded:
+                take = best
+            elif stopped or exceeded or self._delay_s == 0 or total >= self._max_preferred:
+                take = count
+            else:
+                take = 0
+        if take == 0:
+            wake_at = oldest + self._delay_s
+            earliest = self._earliest_expiry()
+            if earliest < wake_at:
+                wake_at = earliest
+            return [], expired, wake_at
+        batch = self._take(take)
+        return batch, expired, (now if self._size > 0 else INFINITY)
+
+    # -- public API ------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        object item,
+        long long rows,
+        object shape_key,
+        double now,
+        int priority=0,
+        long long timeout_us=0,
+        double deadline=0.0,
+    ):
+        """Queue one request. Raises QueueFull when its level is full, ValueError on
+        bad arguments, RuntimeError after close()."""
+        cdef _Entry entry
+        cdef _Level level
+        cdef int level_index
+        cdef long long timeout
+        cdef int notify = _NOTIFY_NONE
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        if 0 < self.max_batch_size < rows:
+            raise ValueError(
+                f"request of {rows} rows exceeds max_batch_size {self.max_batch_size}"
+            )
+        if timeout_us < 0:
+            raise ValueError(f"timeout_us must be >= 0, got {timeout_us}")
+        if priority == 0:
+            level_index = self.default_priority_level - 1 if self.priority_levels else 0
+        elif 1 <= priority <= self.priority_levels:
+            level_index = priority - 1
+        elif self.priority_levels == 0:
+            raise ValueError(
+                f"priority {priority} is out of range: the queue has no priority levels, "
+                f"expected 0"
+            )
+        else:
+            raise ValueError(
+                f"priority {priority} is out of range: expected 0 (default) "
+                f"or 1..{self.priority_levels}"
+            )
+
+        self._acquire()
+        try:
+            if self._closed:
+                raise RuntimeError("scheduler closed")
+            level = self._levels[level_index]
+            policy = level.policy
+            if policy.max_queue_size and level.count >= policy.max_queue_size:
+                raise QueueFull(
+                    f"queue of priority level {level_index + 1} is full "
+                    f"({policy.max_queue_size} requests)"
+                )
+            key = id(item)
+            if key in self._entries:
+                raise ValueError("item is already queued")
+            if policy.allow_timeout_override and timeout_us > 0:
+                timeout = timeout_us
+            else:
+                timeout = policy.default_timeout_us
+            entry = _Entry.__new__(_Entry)
+            entry.item = item
+            entry.shape_key = shape_key
+            entry.rows = rows
+            entry.enqueued_at = now
+            entry.level = level_index
+            entry.state = _QUEUED
+            entry.delayed = False
+            self._entries[key] = entry
+            level.fifo.append(entry)
+            level.count += 1
+            self._size += 1
+            self._rows += rows
+            self._seq += 1
+            if deadline > 0:
+                heappush(self._expiry, (deadline, _DEADLINE, self._seq, entry))
+            if timeout > 0:
+                heappush(self._expiry, (now + timeout / 1e6, _TIMEOUT, self._seq, entry))
+            if len(self._expiry) > 2 * self._size + 64:
+                # Taken and cancelled entries leave stale records: compact now and then.
+                self._expiry = [
+                    record
+                    for record in self._expiry
+                    if (<_Entry>record[3]).state == _QUEUED
+                    and not (record[1] == _TIMEOUT and (<_Entry>record[3]).delayed)
+                ]
+                heapify(self._expiry)
+            notify = _NOTIFY_ONE
+        finally:
+            self._release(notify)
+
+    def poll(self, double now):
+        """Decide at time `now`: (batch_items, [(item, "deadline"|"timeout")], wake_at)."""
+        cdef int notify = _NOTIFY_NONE
+        self._acquire()
+        try:
+            result = self._poll(now)
+            if (result[0] or result[1]) and self._size > 0:
+                notify = _NOTIFY_ONE
+            return result
+        finally:
+            self._release(notify)
+
+    def next_batch(self, double timeout=-1.0):
+        """Block (GIL released) until a batch or expired requests are ready and return
+        (batch, expired); None once closed and empty; ([], []) when `timeout` seconds
+        (if >= 0) pass first."""
+        cdef double now, wake_at, end_at = INFINITY
+        cdef unsigned long long generation
+        cdef int notify
+        cdef bint closed
+        cdef Py_ssize_t size
+        if timeout >= 0:
+            end_at = _monotonic() + timeout
+        while True:
+            notify = _NOTIFY_NONE
+            self._acquire()
+            try:
+                now = _monotonic()
+                batch, expired, wake_at = self._poll(now)
+                generation = self._read_generation()
+                closed = self._closed
+                size = self._size
+                if (batch or expired) and size > 0:
+                    # Other workers may have been sleeping on a wake time that no
+                    # longer holds: let one of them look at the rest.
+                    notify = _NOTIFY_ONE
+            finally:
+                self._release(notify)
+            if batch or expired:
+                return batch, expired
+            if closed and size == 0:
+                return None
+            if now >= end_at:
+                return [], []
+            if end_at < wake_at:
+                wake_at = end_at
+            with nogil:
+                self._wait(generation, wake_at)
+
+    def cancel(self, object item):
+        """Remove a queued item; False if it is not queued (taken, expired, unknown)."""
+        cdef bint found = False
+        self._acquire()
+        try:
+            entry = self._entries.get(id(item))
+            if entry is not None and (<_Entry>entry).item is item:
+                self._forget(entry, _CANCELLED)
+                found = True
+        finally:
+            self._release(_NOTIFY_ONE if found else _NOTIFY_NONE)
+        return found
+
+    def close(self):
+        """Refuse further enqueues and wake every worker. Queued requests still get
+        dispatched (without waiting for the queue delay) unless drain() takes them."""
+        self._acquire()
+        try:
+            pthread_mutex_lock(&self._mutex)
+            self._closed = True
+            pthread_mutex_unlock(&self._mutex)
+        finally:
+            self._release(_NOTIFY_ALL)
+
+    def drain(self):
+        """Remove and return every queued item, in service order."""
+        cdef list items = []
+        cdef Py_ssize_t index
+        cdef _Entry entry
+        self._acquire()
+        try:
+            for index in range(len(self._queues)):
+                queue = self._queues[index]
+                for entry in queue:
+                    if _live(entry, (index & 1) == 0):
+                        items.append(self._forget(entry, _TAKEN))
+                queue.clear()
+            self._expiry = []
+        finally:
+            self._release(_NOTIFY_ALL)
+        return items
+
+    @property
+    def size(self):
+        """Queued requests, all levels."""
+        return self._size
+
+    @property
+    def rows(self):
+        """Queued rows, all levels."""
+        return self._rows
+
+    @property
+    def closed(self):
+        return self._closed
+
+
+def gather(sources, cnp.ndarray out not None):
+    """Concatenate C-contiguous arrays along axis 0 into the C-contiguous `out`.
+
+    Returns the number of bytes written. Raises ValueError when a source's dtype or
+    trailing shape differs from out's, a source is not C-contiguous, or the rows do
+    not fit. Large copies run with the GIL released.
+    """
+    cdef list arrays = list(sources)
+    cdef Py_ssize_t count = len(arrays), index, axis, ndim = cnp.PyArray_NDIM(out)
+    cdef Py_ssize_t rows = 0
+    cdef size_t total = 0
+    cdef cnp.ndarray array
+    cdef cnp.npy_intp* dims
+    cdef cnp.npy_intp* out_dims = cnp.PyArray_DIMS(out)
+    cdef char** pointers
+    cdef size_t* sizes
+    cdef char* cursor
+
+    if not cnp.PyArray_IS_C_CONTIGUOUS(out):
+        raise ValueError("out is not C-contiguous")
+    if not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("out is read-only")
+    if ndim < 1:
+        raise ValueError("out must have at least one dimension")
+    cdef object out_obj = out
+    if out_obj.dtype.hasobject:
+        raise ValueError(f"gather cannot copy arrays of dtype {out_obj.dtype}")
+    for index in range(count):
+        item = arrays[index]
+        if not isinstance(item, cnp.ndarray):
+            raise TypeError(f"source {index} is {type(item).__name__}, not numpy.ndarray")
+        array = <cnp.ndarray>item
+        if not cnp.PyArray_EquivTypes(array.descr, out.descr):
+            raise ValueError(
+                f"source {index}: dtype {item.dtype} does not match out dtype {out_obj.dtype}"
+            )
+        dims = cnp.PyArray_DIMS(array)
+        if cnp.PyArray_NDIM(array) != ndim:
+            raise ValueError(
+                f"source {index}: shape {item.shape} does not match "
+                f"out.shape[1:] {out_obj.shape[1:]}"
+            )
+        for axis in range(1, ndim):
+            if dims[axis] != out_dims[axis]:
+                raise ValueError(
+                    f"source {index}: shape {item.shape} does not match "
+                    f"out.shape[1:] {out_obj.shape[1:]}"
+                )
+        if not cnp.PyArray_IS_C_CONTIGUOUS(array):
+            raise ValueError(f"source {index} is not C-contiguous")
+        rows += dims[0]
+    if rows > out_dims[0]:
+        raise ValueError(f"sources hold {rows} rows, out has room for {out_dims[0]}")
+    if count == 0:
+        return 0
+
+    pointers = <char**>malloc(count * sizeof(char*))
+    sizes = <size_t*>malloc(count * sizeof(size_t))
+    if pointers == NULL or sizes == NULL:
+        free(pointers)
+        free(sizes)
+        raise MemoryError()
+    try:
+        for index in range(count):
+            array = <cnp.ndarray>arrays[index]
+            pointers[index] = <char*>cnp.PyArray_DATA(array)
+            sizes[index] = <size_t>cnp.PyArray_NBYTES(array)
+            total += sizes[index]
+        cursor = <char*>cnp.PyArray_DATA(out)
+        # `arrays` keeps every source alive while the GIL is released.
+        if total >= _NOGIL_MIN_BYTES:
+            with nogil:
+                for index in range(count):
+                    memcpy(cursor, pointers[index], sizes[index])
+                    cursor += sizes[index]
+        else:
+            for index in range(count):
+                memcpy(cursor, pointers[index], sizes[index])
+                cursor += sizes[index]
+    finally:
+        free(pointers)
+        free(sizes)
+    return total

@@ -1,0 +1,137 @@
+"""Server lifecycle: start, load, ready, drain, stop.
+
+Order on start: gRPC listens first (health NOT_SERVING, so probes see a live server),
+the repository loads, then health turns SERVING and the ready line is logged. On
+SIGTERM/SIGINT: stop accepting (health NOT_SERVING, new calls UNAVAILABLE), let accepted
+requests finish within the grace period, release every model, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import resources
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from tensorgate._proto import POOL
+from tensorgate.dataplane import DataPlane
+from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
+from tensorgate.observability.metrics import serve_metrics
+from tensorgate.repository.manager import ModelRepository
+from tensorgate.settings import Settings
+
+log = logging.getLogger("tensorgate")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def demo_repository() -> Path:
+    return Path(str(resources.files("tensorgate") / "demo_repository"))
+
+
+class ServerState:
+    """What the health and readiness answers are made of."""
+
+    def __init__(self) -> None:
+        self.live = True
+        self.accepting = True
+        self.loaded = False
+
+    @property
+    def ready(self) -> bool:
+        return self.live and self.accepting and self.loaded
+
+
+def _register_for_reflection() -> None:
+    """Reflection answers from our private pool; add the standard services' files to it."""
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+
+
+async def _set_health(servicer, repository: ModelRepository, status) -> None:
+    await servicer.set("", status)
+    await servicer.set(SERVICE, status)
+    for model in repository.models():
+        await servicer.set(model.name, status)
+
+
+async def serve(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    root = settings.model_repository or demo_repository()
+    repository = ModelRepository(
+        Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs
+    )
+    state = ServerState()
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service = InferenceService(repository, DataPlane(repository), state)
+    server.add_generic_rpc_handlers([generic_handler(service)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _register_for_reflection()
+    reflection.enable_server_reflection(
+        [SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool=POOL
+    )
+    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if grpc_port == 0:
+        log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
+        return 1
+    metrics_server = None
+    metrics_port = -1
+    if settings.metrics_port >= 0:
+        try:
+            metrics_server, metrics_port = serve_metrics(
+                settings.host, settings.metrics_port, lambda: _serving_versions(repository)
+            )
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
+            return 1
+    await server.start()
+    await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    log.info("loading models from %s", root)
+    await repository.load_all(loop)
+    state.loaded = True
+    await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.SERVING)
+    ready = [m.label for m in repository.models()]
+    log.info(
+        "ready grpc=%s:%d metrics=%s (%d model version(s): %s)",
+        settings.host, grpc_port,
+        f"{settings.host}:{metrics_port}" if metrics_server else "off",
+        len(ready), ", ".join(ready) or "none",
+    )
+
+    await stop.wait()
+    log.info("shutting down: refusing new requests, %.0f s grace for accepted ones",
+             settings.shutdown_grace_secs)
+    state.accepting = False
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_secs)
+    await repository.unload_all()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def _serving_versions(repository: ModelRepository):
+    table = repository.table  # an immutable snapshot: safe to read from the metrics thread
+    return [m for versions in table.by_version.values() for m in versions.values()]

@@ -1,0 +1,248 @@
+"""Dynamic batching: requests from the event loop, batches on instance threads.
+
+The native ``Scheduler`` holds the queue and decides when a batch is ready (Triton's
+dynamic_batching semantics). Each model instance has one worker thread that blocks in
+``next_batch()`` with the GIL released, gathers the batch's rows into one contiguous
+buffer (native memcpy, GIL released), runs ONNX Runtime (GIL released), slices the
+outputs back into per-request views and hands the whole batch back to the loop with one
+``call_soon_threadsafe``. Statistics are updated on the loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from tensorgate._ext.batcher import QueueFull, Scheduler, gather
+from tensorgate.errors import DeadlineExceeded, ResourceExhausted, RuntimeFailure, Unavailable
+
+log = logging.getLogger("tensorgate.batching")
+
+
+@dataclass(eq=False)
+class Pending:
+    """One accepted request waiting for its rows to run."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+    shape_key: Any
+    future: asyncio.Future
+    enqueued_ns: int = 0
+    # Filled by the worker: per-request timings (ns) of the batch that ran it.
+    queue_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    batch_rows: int = 0
+    outputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    error: Exception | None = None
+
+
+@dataclass
+class BatchTimings:
+    """What one finished batch reports to the statistics, on the loop thread."""
+
+    rows: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class Batcher:
+    """Queue + one worker thread per model instance for one model version."""
+
+    def __init__(
+        self,
+        label: str,
+        scheduler: Scheduler,
+        runners: list[Runner],
+        output_names: list[str],
+        input_buffers: Callable[[], dict[str, np.ndarray]],
+        loop: asyncio.AbstractEventLoop,
+        on_batch: Callable[[list[Pending], BatchTimings], None],
+    ) -> None:
+        self._label = label
+        self._scheduler = scheduler
+        self._runners = runners
+        self._output_names = output_names
+        self._new_buffers = input_buffers
+        self._loop = loop
+        self._on_batch = on_batch
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i, runner in enumerate(self._runners):
+            t = threading.Thread(
+                target=self._work, args=(runner,), name=f"{self._label}#{i}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    @property
+    def queued(self) -> int:
+        return self._scheduler.size
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        shape_key: Any,
+        priority: int = 0,
+        timeout_us: int = 0,
+        deadline: float = 0.0,
+    ) -> Pending:
+        """Queue a request and wait until its batch ran; raises the request's error."""
+        future = self._loop.create_future()
+        pending = Pending(inputs, rows, shape_key, future, time.perf_counter_ns())
+        try:
+            self._scheduler.enqueue(
+                pending, rows, shape_key, time.monotonic(), priority, timeout_us, deadline
+            )
+        except QueueFull:
+            raise ResourceExhausted(
+                f"model {self._label}: queue is full ({self._scheduler.size} requests waiting)"
+            ) from None
+        except RuntimeError:
+            raise Unavailable(f"model {self._label} is unloading") from None
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._scheduler.cancel(pending)  # the client went away: free its queue slot
+            raise
+        if pending.error is not None:
+            raise pending.error
+        return pending
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers after they finish what they hold; fail what is still queued."""
+        self._scheduler.close()
+        leftover = self._scheduler.drain()
+        if leftover:
+            self._loop.call_soon_threadsafe(
+                self._fail, leftover, Unavailable(f"model {self._label} was unloaded")
+            )
+        for t in self._threads:
+            t.join(timeout)
+
+    # -- worker threads -------------------------------------------------------------
+
+    def _work(self, runner: Runner) -> None:
+        scheduler = self._scheduler
+        buffers = self._new_buffers()  # this instance's batch buffers, sized at load
+        while True:
+            got = scheduler.next_batch()
+            if got is None:
+                return
+            batch, expired = got
+            if expired:
+                self._loop.call_soon_threadsafe(self._expire, expired)
+            if batch:
+                try:
+                    timings = self._execute(runner, batch, buffers)
+                except BaseException:  # never let a worker die silently
+                    log.exception("model %s: batch execution failed", self._label)
+                    for p in batch:
+                        p.error = RuntimeFailure("internal error while executing the batch")
+                    timings = BatchTimings(0, 0, 0, 0)
+                self._loop.call_soon_threadsafe(self._finish, batch, timings)
+
+    def _execute(
+        self, runner: Runner, batch: list[Pending], buffers: dict[str, np.ndarray]
+    ) -> BatchTimings:
+        started = time.perf_counter_ns()
+        for p in batch:
+            p.queue_ns = started - p.enqueued_ns
+        if len(batch) == 1:
+            feed = batch[0].inputs
+        else:
+            feed = self._gather(batch, buffers)
+        total = sum(p.rows for p in batch)
+        t_input = time.perf_counter_ns()
+        try:
+            values = runner(feed)
+        except Exception as exc:  # onnxruntime's own exception types
+            if len(batch) > 1:
+                # One bad request must not fail its batch mates: run each on its own.
+                for p in batch:
+                    self._execute_alone(runner, p)
+                t_done = time.perf_counter_ns()
+                return BatchTimings(total, t_input - started, t_done - t_input, 0)
+            batch[0].error = RuntimeFailure(f"onnxruntime failed: {exc}")
+            t_done = time.perf_counter_ns()
+            return BatchTimings(total, t_input - started, t_done - t_input, 0)
+        t_infer = time.perf_counter_ns()
+        names = self._output_names
+        if len(batch) == 1:
+            batch[0].outputs = dict(zip(names, values))
+        else:
+            start = 0
+            for p in batch:
+                end = start + p.rows
+                p.outputs = {n: v[start:end] for n, v in zip(names, values)}
+                start = end
+        t_out = time.perf_counter_ns()
+        return BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer)
+
+    def _execute_alone(self, runner: Runner, p: Pending) -> None:
+        try:
+            p.outputs = dict(zip(self._output_names, runner(p.inputs)))
+        except Exception as exc:
+            p.error = RuntimeFailure(f"onnxruntime failed: {exc}")
+
+    @staticmethod
+    def _gather(batch: list[Pending], buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        total = sum(p.rows for p in batch)
+        feed = {}
+        for name, first in batch[0].inputs.items():
+            parts = [p.inputs[name] for p in batch]
+            if first.dtype == object:
+                feed[name] = np.concatenate(parts)  # BYTES: references, not bytes to copy
+                continue
+            buf = buffers.get(name)
+            if buf is None or buf.shape[1:] != first.shape[1:] or buf.shape[0] < total:
+                buf = np.empty((total,) + first.shape[1:], dtype=first.dtype)
+                buffers[name] = buf  # keep the grown/reshaped buffer for the next batch
+            gather([np.ascontiguousarray(a) for a in parts], buf)
+            feed[name] = buf[:total]
+        return feed
+
+    # -- back on the event loop ---------------------------------------------------------
+
+    def _finish(self, batch: list[Pending], timings: BatchTimings) -> None:
+        for p in batch:
+            p.batch_rows = timings.rows
+            p.input_ns, p.infer_ns, p.output_ns = (
+                timings.input_ns, timings.infer_ns, timings.output_ns
+            )
+        self._on_batch(batch, timings)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(None)
+
+    def _expire(self, expired: list) -> None:
+        for p, reason in expired:
+            if reason == "deadline":
+                err = DeadlineExceeded(
+                    f"model {self._label}: the request's deadline passed while it was queued"
+                )
+            else:
+                err = DeadlineExceeded(
+                    f"model {self._label}: the request's queue timeout passed before it ran"
+                )
+            self._fail([p], err)
+
+    @staticmethod
+    def _fail(items: list[Pending], err: Exception) -> None:
+        for p in items:
+            p.error = err
+            if not p.future.done():
+                p.future.set_result(None)

@@ -1,0 +1,52 @@
+"""The ``tensorgate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tensorgate import __version__
+from tensorgate.settings import add_arguments, from_sources
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensorgate",
+        description="KServe v2 / Triton gRPC inference server for ONNX models.",
+    )
+    parser.add_argument("--version", action="version", version=f"tensorgate {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    serve = verbs.add_parser(
+        "serve",
+        help="serve a model repository (the bundled demo models by default)",
+        description="Serve a Triton-layout model repository over the v2 gRPC protocol. "
+        "Every flag can also be set as TENSORGATE_<NAME> in the environment; the flag wins.",
+    )
+    add_arguments(serve)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.verb == "serve":
+        try:
+            settings = from_sources(args)
+        except ValueError as exc:
+            print(f"tensorgate serve: {exc}", file=sys.stderr)
+            return 2
+        _configure_logging(settings.log_level)
+        import uvloop
+
+        from tensorgate.app import serve
+
+        return uvloop.run(serve(settings))
+    return 2

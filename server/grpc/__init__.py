@@ -1,0 +1,1 @@
+"""gRPC servicers: the v2 inference service, health and reflection."""

@@ -1,0 +1,308 @@
+"""The KServe v2 / Triton ``inference.GRPCInferenceService`` over grpc.aio.
+
+ModelInfer and ModelStreamInfer receive and return raw bytes (the generic handler does
+no protobuf parsing): the Cython codec decodes and encodes them. The other RPCs are
+rare and use the generated protobuf classes. Errors reach the wire in one place,
+``_abort_for``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import grpc
+
+from tensorgate import __version__
+from tensorgate._ext.codec import WireError, decode_infer_request, encode_stream_response
+from tensorgate._proto.inference import grpc_service_pb2 as pb
+from tensorgate.dataplane import DataPlane
+from tensorgate.errors import InvalidArgument, NotFound, TensorGateError, Unavailable
+from tensorgate.repository.manager import ModelRepository
+from tensorgate.runtime.model import READY
+
+log = logging.getLogger("tensorgate.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+SERVER_NAME = "tensorgate"
+EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics"]
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rpc: str):
+    if isinstance(exc, TensorGateError):
+        await context.abort(exc.code, exc.message)
+    log.error("%s: unexpected error", rpc, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{rpc}: internal error (see the server log)")
+
+
+def _message_for(exc: BaseException) -> str:
+    if isinstance(exc, TensorGateError):
+        return exc.message
+    log.error("ModelStreamInfer: unexpected error", exc_info=exc)
+    return "internal error (see the server log)"
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return 0.0 if remaining is None else time.monotonic() + remaining
+
+
+class InferenceService:
+    """Handlers for every RPC of GRPCInferenceService."""
+
+    def __init__(self, repository: ModelRepository, dataplane: DataPlane, state) -> None:
+        self.repository = repository
+        self.dataplane = dataplane
+        self.state = state  # the app: .live, .ready
+
+    # -- hot path ------------------------------------------------------------------
+
+    async def model_infer(self, data: bytes, context) -> bytes:
+        try:
+            try:
+                request = decode_infer_request(data)
+            except WireError as exc:
+                raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+            if not self.state.accepting:
+                raise Unavailable("the server is shutting down")
+            return await self.dataplane.infer(request, _deadline(context))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, "ModelInfer")
+
+    async def model_stream_infer(self, requests, context):
+        """Bidirectional stream: requests run concurrently; each gets one response or an
+        error_message; a bad message never ends the stream."""
+        out: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+        deadline = _deadline(context)
+
+        async def one(data: bytes) -> None:
+            try:
+                try:
+                    request = decode_infer_request(data)
+                except WireError as exc:
+                    raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+                if not self.state.accepting:
+                    raise Unavailable("the server is shutting down")
+                body = await self.dataplane.infer(request, deadline)
+                await out.put(encode_stream_response(body))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await out.put(encode_stream_response(None, _message_for(exc)))
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    task = asyncio.create_task(one(data))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*list(running), return_exceptions=True)
+            finally:
+                await out.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    # -- server and model state ----------------------------------------------------
+
+    async def server_live(self, request, context):
+        return pb.ServerLiveResponse(live=self.state.live)
+
+    async def server_ready(self, request, context):
+        return pb.ServerReadyResponse(ready=self.state.ready)
+
+    async def server_metadata(self, request, context):
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
+
+    async def model_ready(self, request, context):
+        # A readiness probe gets an answer, not an error: unknown models are not ready.
+        try:
+            model = self.repository.resolve(request.name, request.version)
+        except (NotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=model.state == READY)
+
+    async def model_metadata(self, request, context):
+        model = self.repository.resolve(request.name, request.version)
+        versions = (
+            [model.version_str]
+            if request.version
+            else [m.version_str for m in self.repository.versions_of(request.name)]
+        )
+        batch = [-1] if model.max_batch_size > 0 else []
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=versions,
+            platform=model.config.platform,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.dtype.wire, shape=batch + list(s.dims)
+                )
+                for s in model.inputs.values()
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.dtype.wire, shape=batch + list(s.dims)
+                )
+                for s in model.outputs.values()
+            ],
+        )
+
+    async def model_config(self, request, context):
+        model = self.repository.resolve(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    async def model_statistics(self, request, context):
+        if request.name:
+            models = (
+                [self.repository.resolve(request.name, request.version)]
+                if request.version
+                else self.repository.versions_of(request.name)
+            )
+            if not models:
+                self.repository.resolve(request.name, "")  # raises the precise error
+        else:
+            models = self.repository.models()
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    async def repository_index(self, request, context):
+        self._check_repository_name(request.repository_name)
+        rows = self.repository.index()
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=name, version=version, state=state, reason=reason
+                )
+                for name, version, state, reason in rows
+                if not request.ready or state == READY
+            ]
+        )
+
+    async def repository_model_load(self, request, context):
+        self._check_repository_name(request.repository_name)
+        if request.parameters:
+            keys = ", ".join(sorted(request.parameters))
+            raise InvalidArgument(f"RepositoryModelLoad: parameters are not supported yet ({keys})")
+        await self.repository.load(request.model_name)  # raises with every failure's reason
+        log.info("model %s loaded on request", request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request, context):
+        self._check_repository_name(request.repository_name)
+        await self.repository.unload(request.model_name)
+        log.info("model %s unloaded on request", request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @staticmethod
+    def _check_repository_name(name: str) -> None:
+        if name:
+            raise NotFound(f"unknown repository '{name}': this server has one, unnamed")
+
+
+def _duration(target, d) -> None:
+    target.count, target.ns = d.count, d.ns
+
+
+def _statistics(model) -> pb.ModelStatistics:
+    s = model.stats
+    out = pb.ModelStatistics(
+        name=model.name,
+        version=model.version_str,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+    )
+    inf = out.inference_stats
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _duration(getattr(inf, field), getattr(s, field))
+    for size, per in sorted(s.batches.items()):
+        b = out.batch_stats.add(batch_size=size)
+        _duration(b.compute_input, per.compute_input)
+        _duration(b.compute_infer, per.compute_infer)
+        _duration(b.compute_output, per.compute_output)
+    return out
+
+
+_UNIMPLEMENTED = {
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "trace settings (tracing is configured by flags)",
+    "LogSettings": "log settings (logging is configured by flags)",
+}
+
+
+def _guarded(rpc: str, fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    async def handler(request, context):
+        try:
+            return await fn(request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, rpc)
+
+    return handler
+
+
+def _unimplemented(rpc: str, what: str) -> Callable[..., Awaitable]:
+    async def handler(request, context):
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {what} is not supported by TensorGate"
+        )
+
+    return handler
+
+
+def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    s = service
+    unary = grpc.unary_unary_rpc_method_handler
+
+    def typed(rpc: str, fn, req_cls):
+        return unary(
+            _guarded(rpc, fn),
+            request_deserializer=req_cls.FromString,
+            response_serializer=lambda m: m.SerializeToString(),
+        )
+
+    handlers = {
+        # Raw bytes in and out: the Cython codec parses and writes the wire format.
+        "ModelInfer": unary(s.model_infer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(s.model_stream_infer),
+        "ServerLive": typed("ServerLive", s.server_live, pb.ServerLiveRequest),
+        "ServerReady": typed("ServerReady", s.server_ready, pb.ServerReadyRequest),
+        "ServerMetadata": typed("ServerMetadata", s.server_metadata, pb.ServerMetadataRequest),
+        "ModelReady": typed("ModelReady", s.model_ready, pb.ModelReadyRequest),
+        "ModelMetadata": typed("ModelMetadata", s.model_metadata, pb.ModelMetadataRequest),
+        "ModelConfig": typed("ModelConfig", s.model_config, pb.ModelConfigRequest),
+        "ModelStatistics": typed("ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest),
+        "RepositoryIndex": typed("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": typed(
+            "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest
+        ),
+        "RepositoryModelUnload": typed(
+            "RepositoryModelUnload", s.repository_model_unload, pb.RepositoryModelUnloadRequest
+        ),
+    }
+    for rpc, what in _UNIMPLEMENTED.items():
+        handlers[rpc] = unary(_unimplemented(rpc, what))
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -1,0 +1,1 @@
+"""The model repository: Triton's layout on disk, configs, versions and their states."""

@@ -1,0 +1,242 @@
+"""The repository's live state: which model versions are loaded, loading or failed.
+
+The routing table (name -> version -> ModelVersion) is replaced as a whole on every
+change, so a request resolves against one consistent snapshot without locks. A version
+that fails to load never enters the table and the versions it would replace keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorgate.errors import ModelLoadError, ModelLoadFailed, NotFound, Unavailable
+from tensorgate.repository.config import parse_config
+from tensorgate.repository.layout import model_dirs, select_versions, versions_on_disk
+from tensorgate.runtime.model import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion
+
+log = logging.getLogger("tensorgate.repository")
+
+
+@dataclass
+class VersionState:
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class ModelEntry:
+    """What the repository knows of one model, loaded or not."""
+
+    name: str
+    versions: dict[int, VersionState] = field(default_factory=dict)
+    reason: str = ""  # a failure that concerns the whole model (e.g. its config)
+    state: str = UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class Table:
+    """An immutable snapshot of what serves: model -> {version string -> ModelVersion}."""
+
+    by_version: dict[str, dict[str, ModelVersion]]
+    default: dict[str, ModelVersion]
+
+
+class ModelRepository:
+    def __init__(self, root: Path, default_max_batch_size: int, drain_timeout: float) -> None:
+        self.root = root
+        self._default_max_batch_size = default_max_batch_size
+        self._drain_timeout = drain_timeout
+        self._entries: dict[str, ModelEntry] = {}
+        self._loaded: dict[str, dict[int, ModelVersion]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.table = Table({}, {})
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lookups (hot path) ---------------------------------------------------------
+
+    def resolve(self, name: str, version: str) -> ModelVersion:
+        table = self.table
+        if not version:
+            model = table.default.get(name)
+            if model is not None:
+                return model
+        else:
+            versions = table.by_version.get(name)
+            if versions is not None:
+                model = versions.get(version)
+                if model is not None:
+                    return model
+        raise self._why_not(name, version)
+
+    def _why_not(self, name: str, version: str) -> Exception:
+        entry = self._entries.get(name)
+        if entry is None:
+            return NotFound(f"unknown model '{name}'")
+        if version:
+            if not version.isdigit() or int(version) not in entry.versions:
+                ready = sorted(v for v, s in entry.versions.items() if s.state == READY)
+                listed = ", ".join(str(v) for v in ready) or "none"
+                return NotFound(
+                    f"model '{name}' has no version '{version}' (versions served: {listed})"
+                )
+            state = entry.versions[int(version)]
+            return Unavailable(
+                f"model '{name}' version {version} is not ready: {state.state}"
+                + (f" ({state.reason})" if state.reason else "")
+            )
+        detail = entry.reason or next(
+            (s.reason for s in entry.versions.values() if s.reason), ""
+        )
+        return Unavailable(
+            f"model '{name}' is not ready: {entry.state}" + (f" ({detail})" if detail else "")
+        )
+
+    def known(self, name: str) -> bool:
+        return name in self._entries
+
+    def models(self) -> list[ModelVersion]:
+        return [m for versions in self._loaded.values() for m in versions.values()]
+
+    def versions_of(self, name: str) -> list[ModelVersion]:
+        return sorted(self._loaded.get(name, {}).values(), key=lambda m: m.version)
+
+    def index(self) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model and version, for RepositoryIndex."""
+        rows = []
+        names = set(self._entries)
+        try:
+            names |= set(model_dirs(self.root))
+        except OSError:
+            pass
+        for name in sorted(names):
+            entry = self._entries.get(name)
+            if entry is None:
+                rows.append((name, "", UNAVAILABLE, "not loaded"))
+                continue
+            if not entry.versions:
+                rows.append((name, "", entry.state, entry.reason))
+            for version, state in sorted(entry.versions.items()):
+                rows.append((name, str(version), state.state, state.reason or entry.reason))
+        return rows
+
+    # -- control ------------------------------------------------------------------
+
+    async def load_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        names = list(model_dirs(self.root))
+        # A model that fails is logged and listed by RepositoryIndex; the rest serve.
+        await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) a model: every version its policy selects."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            await self._load_locked(name)
+
+    async def _load_locked(self, name: str) -> None:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise NotFound(f"unknown model '{name}': no directory {name}/ in the repository")
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        entry.state, entry.reason = LOADING, ""
+        try:
+            parsed = parse_config(model_dir)
+            on_disk = versions_on_disk(model_dir)
+            wanted = select_versions(parsed.config.version_policy, on_disk)
+            if not wanted:
+                raise ModelLoadError(
+                    "no version directories to serve"
+                    + (f" (on disk: {on_disk})" if on_disk else " (expected <model>/<version>/)")
+                )
+        except ModelLoadError as exc:
+            log.error("model %s failed to load: %s", name, exc)
+            if self._loaded.get(name):
+                entry.state = READY  # the versions already serving keep serving
+                raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
+            entry.state, entry.reason = UNAVAILABLE, str(exc)
+            raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
+        current = self._loaded.get(name, {})
+        new: dict[int, ModelVersion] = {}
+        for version in wanted:
+            entry.versions[version] = VersionState(LOADING)
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    ModelVersion.load, name, v, model_dir, parsed, self._default_max_batch_size
+                )
+                for v in wanted
+            ),
+            return_exceptions=True,
+        )
+        failures = []
+        for version, result in zip(wanted, results):
+            if isinstance(result, ModelVersion):
+                result.start(self._loop)
+                new[version] = result
+                entry.versions[version] = VersionState(READY)
+                continue
+            if isinstance(result, ModelLoadError):
+                reason = str(result)
+            else:
+                reason = f"internal error: {result!r}"
+                log.error("model %s version %d: unexpected load failure", name, version,
+                          exc_info=result)
+            log.error("model %s version %d failed to load: %s", name, version, reason)
+            failures.append(f"version {version}: {reason}")
+            entry.versions[version] = VersionState(UNAVAILABLE, reason)
+        if failures:
+            # The versions the failed ones would have replaced keep serving.
+            for version, old in current.items():
+                if version not in new:
+                    new[version] = old
+                    entry.versions[version] = VersionState(READY)
+        retired = [m for v, m in current.items() if new.get(v) is not m]
+        for version in list(entry.versions):
+            if version not in wanted and version not in new:
+                del entry.versions[version]
+        self._loaded[name] = new
+        entry.state = READY if new else UNAVAILABLE
+        if not new:
+            entry.reason = "; ".join(failures)
+        self._publish()
+        await self._retire(retired)
+        if failures:
+            raise ModelLoadFailed(f"model '{name}' failed to load: " + "; ".join(failures))
+
+    async def unload(self, name: str) -> None:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self._entries:
+                raise NotFound(f"unknown model '{name}'")
+            entry = self._entries[name]
+            current = self._loaded.pop(name, {})
+            for version in current:
+                entry.versions[version] = VersionState(UNLOADING)
+            entry.state = UNLOADING
+            self._publish()
+            await self._retire(list(current.values()))
+            for version in current:
+                entry.versions[version] = VersionState(UNAVAILABLE, "unloaded")
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    async def unload_all(self) -> None:
+        await asyncio.gather(*(self.unload(name) for name in list(self._loaded)))
+
+    async def _retire(self, versions: list[ModelVersion]) -> None:
+        await asyncio.gather(*(m.drain_and_release(self._drain_timeout) for m in versions))
+
+    def _publish(self) -> None:
+        by_version = {
+            name: {m.version_str: m for m in versions.values()}
+            for name, versions in self._loaded.items()
+            if versions
+        }
+        default = {name: versions[max(versions)] for name, versions in self._loaded.items() if versions}
+        self.table = Table(by_version, default)
+
+    @property
+    def ready(self) -> bool:
+        return all(e.state != LOADING for e in self._entries.values())

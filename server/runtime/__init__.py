@@ -1,0 +1,1 @@
+"""ONNX Runtime sessions and the loaded model versions that own them."""

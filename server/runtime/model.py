@@ -1,0 +1,189 @@
+"""A loaded model version: its completed config, tensor specs, ONNX Runtime instances
+and the batcher that feeds them.
+
+Everything a request needs that can be computed once (specs, output names, batch
+buffers, the scheduler's policy) is computed here at load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tensorgate._ext.batcher import QueuePolicy, Scheduler
+from tensorgate._proto.inference import model_config_pb2 as mc
+from tensorgate.batching.batcher import Batcher, BatchTimings, Pending
+from tensorgate.dtypes import BY_CONFIG
+from tensorgate.errors import ModelLoadError
+from tensorgate.observability.stats import VersionStats
+from tensorgate.repository.config import (
+    ParsedConfig,
+    complete_config,
+    graph_tensors,
+    _complete_instance_groups,
+)
+from tensorgate.runtime.session import create_session, instance_specs, session_options
+from tensorgate.tensors import TensorSpec
+
+log = logging.getLogger("tensorgate.runtime")
+
+# Model version states, as RepositoryIndex reports them (Triton's names).
+LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
+
+
+def _tensor_specs(entries) -> dict[str, TensorSpec]:
+    specs = {}
+    for e in entries:
+        dtype = BY_CONFIG[mc.DataType.Name(e.data_type)]
+        dims = tuple(e.dims)
+        model_dims = tuple(e.reshape.shape) if e.HasField("reshape") else None
+        optional = bool(getattr(e, "optional", False))
+        specs[e.name] = TensorSpec(e.name, dtype, dims, model_dims, optional)
+    return specs
+
+
+def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        timeout_action="DELAY" if p.timeout_action == mc.ModelQueuePolicy.DELAY else "REJECT",
+        default_timeout_us=p.default_timeout_microseconds,
+        allow_timeout_override=p.allow_timeout_override,
+        max_queue_size=p.max_queue_size,
+    )
+
+
+class ModelVersion:
+    """One version of one model, from load to release."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig, sessions: list) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.label = f"{name}:{version}"
+        self.config = config
+        self.max_batch_size = config.max_batch_size
+        self.inputs = _tensor_specs(config.input)
+        self.outputs = _tensor_specs(config.output)
+        self.output_names = list(self.outputs)
+        self.output_specs = list(self.outputs.values())
+        self.devices = [device for _, device in sessions]
+        self._sessions = [session for session, _ in sessions]
+        self.stats = VersionStats()
+        self.state = LOADING
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batcher: Batcher | None = None
+        self.dynamic_batching = config.HasField("dynamic_batching") and self.max_batch_size > 0
+        self.priority_levels = (
+            config.dynamic_batching.priority_levels if self.dynamic_batching else 0
+        )
+
+    # -- load ---------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, name: str, version: int, model_dir: Path, parsed: ParsedConfig,
+        default_max_batch_size: int,
+    ) -> "ModelVersion":
+        """Build sessions and specs (blocking: call it off the event loop)."""
+        started = time.monotonic()
+        filename = parsed.config.default_model_filename or "model.onnx"
+        path = model_dir / str(version) / filename
+        try:
+            model_bytes = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"version {version}: cannot read {filename}: {exc.strerror}")
+        groups = mc.ModelConfig()
+        groups.CopyFrom(parsed.config)
+        groups.name = name
+        _complete_instance_groups(groups)
+        opts = session_options(parsed.config)
+        sessions = [
+            create_session(model_bytes, opts, spec, f"{name}:{version}")
+            for spec in instance_specs(groups)
+        ]
+        first = sessions[0][0]
+        config = complete_config(
+            parsed, name, graph_tensors(first.get_inputs()), graph_tensors(first.get_outputs()),
+            default_max_batch_size,
+        )
+        model = cls(name, version, config, sessions)
+        log.info(
+            "loaded %s in %.0f ms: %d instance(s) on %s, max_batch_size %d, dynamic batching %s",
+            model.label, (time.monotonic() - started) * 1000, len(sessions),
+            ", ".join(model.devices), model.max_batch_size, "on" if model.dynamic_batching else "off",
+        )
+        return model
+
+    def _scheduler(self) -> Scheduler:
+        if not self.dynamic_batching:
+            return Scheduler(max(self.max_batch_size, 1), batching=False)
+        db = self.config.dynamic_batching
+        return Scheduler(
+            self.max_batch_size,
+            preferred_batch_sizes=tuple(db.preferred_batch_size),
+            max_queue_delay_us=db.max_queue_delay_microseconds,
+            priority_levels=db.priority_levels,
+            default_priority_level=db.default_priority_level,
+            default_policy=_queue_policy(db.default_queue_policy),
+            priority_policies={k: _queue_policy(v) for k, v in db.priority_queue_policy.items()},
+        )
+
+    def _batch_buffers(self) -> dict[str, np.ndarray]:
+        """Per-instance batch buffers for fixed-shape inputs, sized max_batch_size."""
+        if not self.dynamic_batching:
+            return {}
+        return {
+            name: np.empty((self.max_batch_size,) + (spec.model_dims or spec.dims), spec.dtype.numpy)
+            for name, spec in self.inputs.items()
+            if spec.fixed and spec.dtype.wire != "BYTES"
+        }
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        names = self.output_names
+        runners = [
+            (lambda feed, s=session: s.run(names, feed)) for session in self._sessions
+        ]
+        self.batcher = Batcher(
+            self.label, self._scheduler(), runners, names, self._batch_buffers, loop,
+            self._record_batch,
+        )
+        self.batcher.start()
+        self.state = READY
+
+    def _record_batch(self, batch: list[Pending], timings: BatchTimings) -> None:
+        stats = self.stats
+        if timings.rows:
+            stats.record_batch(timings.rows, timings.input_ns, timings.infer_ns, timings.output_ns)
+        for p in batch:
+            if p.error is None:
+                stats.record_request(p.queue_ns, p.input_ns, p.infer_ns, p.output_ns)
+
+    # -- serving ------------------------------------------------------------------
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def drain_and_release(self, timeout: float) -> None:
+        """Wait for in-flight requests (new ones are no longer routed here), then stop."""
+        self.state = UNLOADING
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: %d request(s) still in flight after %.0f s; releasing anyway",
+                        self.label, self.inflight, timeout)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close)
+        self._sessions.clear()
+        self.state = UNAVAILABLE
+        log.info("released %s", self.label)

@@ -1,0 +1,162 @@
+"""Build ONNX Runtime sessions from a model config: providers and session options.
+
+Session options come from config ``parameters`` (the keys Triton's onnxruntime backend
+uses) and ``optimization.graph.level``. CUDA is used only when an instance group asks for
+a GPU *and* the session really got the CUDA provider; otherwise the CPU, and the log says
+which and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from tensorgate._proto.inference import model_config_pb2 as mc
+from tensorgate.errors import ModelLoadError
+
+log = logging.getLogger("tensorgate.runtime")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One model instance to create: which device it wants."""
+
+    group: str
+    kind: int  # mc.ModelInstanceGroup.Kind
+    gpu: int  # device id, when kind asks for a GPU
+
+
+def _int_param(params: dict[str, str], key: str, low: int, high: int) -> int | None:
+    if key not in params:
+        return None
+    raw = params[key]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ModelLoadError(f"config.pbtxt parameters {key}: expected an integer, got {raw!r}")
+    if not low <= value <= high:
+        raise ModelLoadError(f"config.pbtxt parameters {key}: {value} is not in {low}..{high}")
+    return value
+
+
+def _bool_param(params: dict[str, str], key: str) -> bool | None:
+    if key not in params:
+        return None
+    raw = params[key].strip().lower()
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ModelLoadError(f"config.pbtxt parameters {key}: expected a boolean, got {params[key]!r}")
+
+
+def session_options(config: mc.ModelConfig) -> ort.SessionOptions:
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    opts = ort.SessionOptions()
+    intra = _int_param(params, "intra_op_thread_count", 0, 1024)
+    if intra is not None:
+        opts.intra_op_num_threads = intra
+    inter = _int_param(params, "inter_op_thread_count", 0, 1024)
+    if inter is not None:
+        opts.inter_op_num_threads = inter
+    mode = _int_param(params, "execution_mode", 0, 1)
+    if mode is not None:
+        opts.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if mode == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+    # Triton's onnxruntime backend: level -1 basic, 1 extended, anything else all.
+    level = config.optimization.graph.level if config.HasField("optimization") else 0
+    opts.graph_optimization_level = {
+        -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if "graph_optimization_level" in params:
+        name = params["graph_optimization_level"].strip().lower()
+        if name not in _GRAPH_LEVELS:
+            raise ModelLoadError(
+                "config.pbtxt parameters graph_optimization_level: expected one of "
+                f"{', '.join(_GRAPH_LEVELS)}, got {params['graph_optimization_level']!r}"
+            )
+        opts.graph_optimization_level = _GRAPH_LEVELS[name]
+    for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
+                      ("enable_mem_pattern", "enable_mem_pattern")):
+        value = _bool_param(params, key)
+        if value is not None:
+            setattr(opts, attr, value)
+    # Spinning intra-op threads burn the cores the event loop needs; off unless asked for.
+    spinning = _bool_param(params, "allow_spinning")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
+    specs = []
+    for group in config.instance_group:
+        gpus = list(group.gpus) or [0]
+        for i in range(group.count):
+            specs.append(InstanceSpec(group.name, group.kind, gpus[i % len(gpus)]))
+    return specs
+
+
+# None until a session has tried CUDA: onnxruntime-gpu lists the CUDA provider even where
+# the CUDA libraries are missing, and only a real session tells whether it works.
+_cuda_works: bool | None = None
+
+
+def _driver_present() -> bool:
+    """Without the NVIDIA driver library no CUDA session can work; checking it first
+    spares CPU-only machines onnxruntime's loud failure to load the CUDA provider."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def cuda_usable() -> bool:
+    global _cuda_works
+    if _cuda_works is None and not _driver_present():
+        _cuda_works = False
+    return CUDA in ort.get_available_providers() and _cuda_works is not False
+
+
+def create_session(
+    model_bytes: bytes, opts: ort.SessionOptions, spec: InstanceSpec, label: str
+) -> tuple[ort.InferenceSession, str]:
+    """Create one session; returns it with the provider it really runs on."""
+    kinds = mc.ModelInstanceGroup
+    wants_gpu = spec.kind in (kinds.KIND_GPU, kinds.KIND_AUTO)
+    providers: list = [CPU]
+    if wants_gpu and cuda_usable():
+        providers = [(CUDA, {"device_id": spec.gpu}), CPU]
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from None
+    got = session.get_providers()[0]
+    global _cuda_works
+    if providers[0] != CPU:
+        _cuda_works = got == CUDA
+        if not _cuda_works:
+            log.info("CUDA is not usable here; models load on the CPU from now on")
+    if spec.kind == kinds.KIND_GPU and got != CUDA:
+        log.warning(
+            "%s instance %s asked for GPU %d but CUDA is not usable here (providers: %s); "
+            "running on the CPU", label, spec.group, spec.gpu, ", ".join(session.get_providers()),
+        )
+    return session, ("cuda:%d" % spec.gpu) if got == CUDA else "cpu"
