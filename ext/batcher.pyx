@@ -200,6 +200,7 @@ cdef class Scheduler:
     cdef int _waiters
     cdef unsigned long long _generation
     cdef bint _closed
+    cdef bint _flush              # dispatch without waiting out the delay, until empty
 
     def __cinit__(self, *args, **kwargs):
         cdef pthread_condattr_t attr
@@ -498,7 +499,9 @@ cdef class Scheduler:
             take = 1
         else:
             # After close() nothing can join, so waiting is pointless: flush.
-            exceeded = self._closed or (self._delay_s > 0 and now >= oldest + self._delay_s)
+            exceeded = self._closed or self._flush or (
+                self._delay_s > 0 and now >= oldest + self._delay_s
+            )
             if best > 0 and not exceeded:
                 take = best
             elif stopped or exceeded or self._delay_s == 0 or total >= self._max_preferred:
@@ -512,6 +515,8 @@ cdef class Scheduler:
                 wake_at = earliest
             return [], expired, wake_at
         batch = self._take(take)
+        if self._size == 0:
+            self._flush = False
         return batch, expired, (now if self._size > 0 else INFINITY)
 
     # -- public API ------------------------------------------------------------------
@@ -525,9 +530,14 @@ cdef class Scheduler:
         int priority=0,
         long long timeout_us=0,
         double deadline=0.0,
+        bint flush=False,
     ):
         """Queue one request. Raises QueueFull when its level is full, ValueError on
-        bad arguments, RuntimeError after close()."""
+        bad arguments, RuntimeError after close().
+
+        flush=True says nothing else is about to arrive (the caller knows no other
+        request is on its way to this queue): what is queued is dispatched without
+        waiting out max_queue_delay, so an idle server answers a lone request at once."""
         cdef _Entry entry
         cdef _Level level
         cdef int level_index
@@ -588,6 +598,8 @@ cdef class Scheduler:
             self._size += 1
             self._rows += rows
             self._seq += 1
+            if flush:
+                self._flush = True
             if deadline > 0:
                 heappush(self._expiry, (deadline, _DEADLINE, self._seq, entry))
             if timeout > 0:

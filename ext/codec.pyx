@@ -26,7 +26,7 @@ from cpython.number cimport PyNumber_Index
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_DecodeUTF8
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset, strchr
 
@@ -198,10 +198,10 @@ cdef object _param_value(const uint8_t *base, Py_ssize_t start, Py_ssize_t end,
     """Decode one InferParameter into current (a repeated value field merges, as
     protobuf does: the oneof member seen last wins)."""
     cdef WireReader r
-    cdef uint32_t field, wt
-    cdef uint64_t v
+    cdef uint32_t field = 0, wt = 0
+    cdef uint64_t v = 0
     cdef double d
-    cdef Py_ssize_t s, n
+    cdef Py_ssize_t s = 0, n = 0
     wr_init(&r, base, start, end)
     while r.pos < r.end:
         if wr_tag(&r, &field, &wt) < 0:
@@ -235,8 +235,8 @@ cdef int _param_entry(const uint8_t *base, Py_ssize_t start, Py_ssize_t end, dic
     Unknown fields inside the entry are skipped and the entry kept (upb instead moves
     such an entry to the parent's unknown fields, so it vanishes from the map there)."""
     cdef WireReader r
-    cdef uint32_t field, wt
-    cdef Py_ssize_t s, n
+    cdef uint32_t field = 0, wt = 0
+    cdef Py_ssize_t s = 0, n = 0
     key = ""
     value = None
     wr_init(&r, base, start, end)
@@ -273,9 +273,9 @@ cdef int _contents_pass(const uint8_t *base, I64Vec *spans, Py_ssize_t index,
     With fill NULL, validate and count the elements of fields 1..8 into counts; else
     write them to fill[field] (sized by the counting pass) and byte_items."""
     cdef WireReader r, packed
-    cdef uint32_t field, wt
-    cdef uint64_t v
-    cdef Py_ssize_t k, s, n, width
+    cdef uint32_t field = 0, wt = 0
+    cdef uint64_t v = 0
+    cdef Py_ssize_t k, s = 0, n = 0, width
     cdef Py_ssize_t at[9]
     cdef char *dst
     memset(at, 0, sizeof(at))
@@ -301,7 +301,7 @@ cdef int _contents_pass(const uint8_t *base, I64Vec *spans, Py_ssize_t index,
                         _store_varint(fill[field], field, at[field], v)
                     at[field] += 1
             elif (field == 6 or field == 7) and (
-                    wt == WT_LEN or wt == (WT_I32 if field == 6 else WT_I64)):
+                    wt == WT_LEN or wt == <uint32_t>(WT_I32 if field == 6 else WT_I64)):
                 width = 4 if field == 6 else 8
                 if wt == WT_LEN:
                     if wr_len(&r, &s, &n) < 0:
@@ -377,9 +377,9 @@ cdef dict _decode_contents(const uint8_t *base, I64Vec *spans, Py_ssize_t index)
 cdef InputTensor _decode_input(const uint8_t *base, Py_ssize_t start, Py_ssize_t end,
                                Py_ssize_t index):
     cdef WireReader r, packed
-    cdef uint32_t field, wt
-    cdef uint64_t v
-    cdef Py_ssize_t s, n, i
+    cdef uint32_t field = 0, wt = 0
+    cdef uint64_t v = 0
+    cdef Py_ssize_t s = 0, n = 0, i
     cdef I64Vec dims, spans
     cdef InputTensor t = InputTensor.__new__(InputTensor)
     t.name = ""
@@ -432,8 +432,8 @@ cdef InputTensor _decode_input(const uint8_t *base, Py_ssize_t start, Py_ssize_t
 cdef RequestedOutput _decode_output(const uint8_t *base, Py_ssize_t start, Py_ssize_t end,
                                     Py_ssize_t index):
     cdef WireReader r
-    cdef uint32_t field, wt
-    cdef Py_ssize_t s, n
+    cdef uint32_t field = 0, wt = 0
+    cdef Py_ssize_t s = 0, n = 0
     cdef RequestedOutput o = RequestedOutput.__new__(RequestedOutput)
     o.name = ""
     o.parameters = {}
@@ -467,8 +467,8 @@ cdef object _byte_view(object data):
 
 cdef InferRequest _decode_request(object data, const uint8_t *base, Py_ssize_t size):
     cdef WireReader r
-    cdef uint32_t field, wt
-    cdef Py_ssize_t s, n
+    cdef uint32_t field = 0, wt = 0
+    cdef Py_ssize_t s = 0, n = 0
     cdef InferRequest req = InferRequest.__new__(InferRequest)
     cdef list inputs = [], outputs = [], raw = []
     cdef object flat = None

@@ -51,8 +51,12 @@ class DataPlane:
                 if priority > model.priority_levels:
                     priority = 0  # as Triton: out-of-range priorities get the default level
                 timeout_us = _int_parameter(params, "timeout", 0, 1 << 62)
-            pending = await model.batcher.submit(
-                arrays, rows, shape_key, priority, timeout_us, deadline
+            batcher = model.batcher
+            # Every other request in flight for this model is already queued: nothing
+            # else is coming soon, so don't wait out the batching delay.
+            alone = model.inflight - 1 == batcher.queued
+            pending = await batcher.submit(
+                arrays, rows, shape_key, priority, timeout_us, deadline, alone
             )
             outputs = pending.outputs
             tensors = [response_tensor(s, outputs[s.name]) for s in (chosen or model.output_specs)]

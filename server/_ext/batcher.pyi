@@ -76,6 +76,7 @@ class Scheduler:
         priority: int = 0,
         timeout_us: int = 0,
         deadline: float = 0.0,
+        flush: bool = False,
     ) -> None:
         """Queue one request (each item at most once at a time). Raises QueueFull when
         its level is full, ValueError on bad arguments (rows < 1 or > max_batch_size,

@@ -99,13 +99,19 @@ class Batcher:
         priority: int = 0,
         timeout_us: int = 0,
         deadline: float = 0.0,
+        alone: bool = False,
     ) -> Pending:
-        """Queue a request and wait until its batch ran; raises the request's error."""
+        """Queue a request and wait until its batch ran; raises the request's error.
+
+        ``alone``: no other request is on its way to this queue, so waiting out the
+        batching delay would only add latency.
+        """
         future = self._loop.create_future()
         pending = Pending(inputs, rows, shape_key, future, time.perf_counter_ns())
         try:
             self._scheduler.enqueue(
-                pending, rows, shape_key, time.monotonic(), priority, timeout_us, deadline
+                pending, rows, shape_key, time.monotonic(), priority, timeout_us, deadline,
+                alone,
             )
         except QueueFull:
             raise ResourceExhausted(

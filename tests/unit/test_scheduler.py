@@ -62,6 +62,22 @@ def test_waits_for_the_delay_then_dispatches_a_partial_batch():
     assert (sched.size, sched.rows) == (0, 0)
 
 
+def test_flush_dispatches_a_lone_request_without_waiting_out_the_delay():
+    sched = Scheduler(8, max_queue_delay_us=500)
+    add(sched, "a", at=T0, flush=True)
+    assert sched.poll(T0) == (["a"], [], INF)
+    # The flush ends when the queue empties: later arrivals wait for the delay again.
+    add(sched, "b", at=us(10))
+    assert sched.poll(us(10)) == ([], [], us(510))
+
+
+def test_flush_takes_everything_already_queued():
+    sched = Scheduler(8, max_queue_delay_us=500)
+    add(sched, "a", at=T0)
+    add(sched, "b", at=us(5), flush=True)
+    assert sched.poll(us(5)) == (["a", "b"], [], INF)
+
+
 def test_zero_delay_dispatches_whatever_is_there():
     sched = Scheduler(8)
     add(sched, "a", rows=3)
