@@ -54,7 +54,7 @@ class DataPlane:
             batcher = model.batcher
             # Every other request in flight for this model is already queued: nothing
             # else is coming soon, so don't wait out the batching delay.
-            alone = model.inflight - 1 == batcher.queued
+            alone = model.idle_flush and model.inflight - 1 == batcher.queued
             pending = await batcher.submit(
                 arrays, rows, shape_key, priority, timeout_us, deadline, alone
             )

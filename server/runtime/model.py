@@ -26,7 +26,12 @@ from tensorgate.repository.config import (
     graph_tensors,
     _complete_instance_groups,
 )
-from tensorgate.runtime.session import create_session, instance_specs, session_options
+from tensorgate.runtime.session import (
+    bool_param,
+    create_session,
+    instance_specs,
+    session_options,
+)
 from tensorgate.tensors import TensorSpec
 
 log = logging.getLogger("tensorgate.runtime")
@@ -78,6 +83,13 @@ class ModelVersion:
         self._idle.set()
         self.batcher: Batcher | None = None
         self.dynamic_batching = config.HasField("dynamic_batching") and self.max_batch_size > 0
+        # TensorGate's one departure from Triton's batcher, on by default: a request that
+        # finds the model idle (every other in-flight request already queued) is not held
+        # for max_queue_delay. "false" restores Triton's strict window.
+        flush = bool_param(
+            {k: v.string_value for k, v in config.parameters.items()}, "batching_idle_flush"
+        )
+        self.idle_flush = flush is None or flush
         self.priority_levels = (
             config.dynamic_batching.priority_levels if self.dynamic_batching else 0
         )

@@ -52,7 +52,8 @@ def _int_param(params: dict[str, str], key: str, low: int, high: int) -> int | N
     return value
 
 
-def _bool_param(params: dict[str, str], key: str) -> bool | None:
+def bool_param(params: dict[str, str], key: str) -> bool | None:
+    """A boolean config parameter; None when absent, ModelLoadError when not a boolean."""
     if key not in params:
         return None
     raw = params[key].strip().lower()
@@ -93,11 +94,11 @@ def session_options(config: mc.ModelConfig) -> ort.SessionOptions:
         opts.graph_optimization_level = _GRAPH_LEVELS[name]
     for key, attr in (("enable_mem_arena", "enable_cpu_mem_arena"),
                       ("enable_mem_pattern", "enable_mem_pattern")):
-        value = _bool_param(params, key)
+        value = bool_param(params, key)
         if value is not None:
             setattr(opts, attr, value)
     # Spinning intra-op threads burn the cores the event loop needs; off unless asked for.
-    spinning = _bool_param(params, "allow_spinning")
+    spinning = bool_param(params, "allow_spinning")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3

@@ -503,6 +503,9 @@ SLOW_QUEUE_CONFIG = (
     "  max_queue_delay_microseconds: 3000000\n"
     "  default_queue_policy {\n    max_queue_size: 2\n  }\n"
     "}\n"
+    # Triton's strict delay: hold even a lone request for the full window (TensorGate
+    # otherwise dispatches at once on an idle model), so requests really sit queued.
+    'parameters {\n  key: "batching_idle_flush"\n  value: { string_value: "false" }\n}\n'
 )
 
 CONTRADICTING_CONFIG = (
