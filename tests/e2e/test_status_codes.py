@@ -313,6 +313,34 @@ def test_queue_full_is_resource_exhausted(server):
             np.testing.assert_array_equal(value, np.full((1, 1), i, np.float32))
 
 
+@pytest.mark.timeout(60)
+def test_cancelled_requests_leave_the_queue(server, stub, client):
+    """slow_queue holds requests for 3 s and admits 2: two requests cancelled by their
+    client must free their places at once, so two new ones are admitted, not refused."""
+    def request(value: float):
+        return _request(
+            "slow_queue", ("INPUT0", "FP32", [1, 1]),
+            raw=[np.full((1, 1), value, np.float32).tobytes()],
+        )
+
+    before = _counts(client, "slow_queue")
+    doomed = [stub.ModelInfer.future(request(i), timeout=30) for i in (1, 2)]
+    time.sleep(0.5)  # both are queued now (the window is 3 s)
+    for call in doomed:
+        call.cancel()
+    time.sleep(0.3)
+    kept = [stub.ModelInfer.future(request(i), timeout=30) for i in (3, 4)]
+    for value, call in zip((3, 4), kept):
+        response = call.result()  # RESOURCE_EXHAUSTED here would mean the slots leaked
+        got = np.frombuffer(response.raw_output_contents[0], np.float32)
+        assert got.tolist() == [value]
+    for call in doomed:
+        assert call.cancelled()
+    # The cancelled requests never ran: only the two kept rows were inferred.
+    after = _counts(client, "slow_queue")
+    assert after[2] - before[2] == 2, (before, after)
+
+
 def test_server_still_live_after_bad_requests(client):
     assert client.is_server_live()
     result = client.infer("identity_fp32", [infer_input("INPUT0", _f32(1, 3))])

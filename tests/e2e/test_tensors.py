@@ -263,3 +263,39 @@ def test_concurrent_clients_get_their_own_rows(server, client):
     assert rows == sum(_client_fp32(i, r).shape[0] for i in range(N_CLIENTS) for r in range(ROUNDS))
     # Dynamic batching (2 ms window) must merge some of the simultaneous requests.
     assert 0 < executions < requests, (executions, requests)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("suffix", list(DTYPES))
+def test_batched_clients_get_their_own_rows_for_every_dtype(server, client, suffix):
+    """8 simultaneous clients per datatype, each with its own values and row count: the
+    batcher merges them into one execution, and each gets back exactly its rows."""
+    import tritonclient.grpc.aio as aioclient
+
+    dtype = DTYPES[suffix]
+    model = f"identity_{suffix}"
+    sent = {
+        i: build_models.sample(dtype, (1 + i % 3, 5), np.random.default_rng(1000 + i))
+        for i in range(8)
+    }
+    before = client.get_inference_statistics(model).model_stats[0]
+
+    async def one(c, i: int, start: asyncio.Event):
+        await start.wait()
+        result = await c.infer(model, [infer_input("INPUT0", sent[i], dtype.v2)])
+        return i, result.as_numpy("OUTPUT0")
+
+    async def run():
+        async with aioclient.InferenceServerClient(server.grpc_url) as c:
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(one(c, i, start)) for i in sent]
+            await asyncio.sleep(0.1)
+            start.set()
+            return await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    for i, got in asyncio.run(run()):
+        _assert_same(got, sent[i])
+    after = client.get_inference_statistics(model).model_stats[0]
+    assert after.inference_count - before.inference_count == sum(a.shape[0] for a in sent.values())
+    # The 2 ms window merges simultaneous requests: fewer executions than requests.
+    assert after.execution_count - before.execution_count < len(sent)
