@@ -37,14 +37,18 @@ def demo_repository() -> Path:
 class ServerState:
     """What the health and readiness answers are made of."""
 
-    def __init__(self) -> None:
+    def __init__(self, repository: ModelRepository, strict: bool) -> None:
         self.live = True
         self.accepting = True
         self.loaded = False
+        self._repository = repository
+        self._strict = strict
 
     @property
     def ready(self) -> bool:
-        return self.live and self.accepting and self.loaded
+        if not (self.live and self.accepting and self.loaded):
+            return False
+        return not self._strict or self._repository.all_ready
 
 
 def _register_for_reflection() -> None:
@@ -69,7 +73,7 @@ async def serve(settings: Settings) -> int:
     repository = ModelRepository(
         Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs
     )
-    state = ServerState()
+    state = ServerState(repository, settings.strict_readiness)
     max_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
         options=[

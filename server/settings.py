@@ -43,6 +43,13 @@ class Settings:
     max_message_mb: int = field(
         default=256, metadata=_doc("Largest gRPC message accepted or sent, in MiB.")
     )
+    strict_readiness: bool = field(
+        default=True,
+        metadata=_doc(
+            "ServerReady is true only when every model in the repository loaded (Triton's "
+            "--strict-readiness); false: ready once loading finished, whatever failed."
+        ),
+    )
     shutdown_grace_secs: float = field(
         default=30.0,
         metadata=_doc("On SIGTERM/SIGINT, how long accepted requests may take to finish."),

@@ -19,6 +19,8 @@ from tensorgate.runtime.model import LOADING, READY, UNAVAILABLE, UNLOADING, Mod
 
 log = logging.getLogger("tensorgate.repository")
 
+UNLOADED = "unloaded"  # the reason of a model unloaded on request
+
 
 @dataclass
 class VersionState:
@@ -219,8 +221,8 @@ class ModelRepository:
             self._publish()
             await self._retire(list(current.values()))
             for version in current:
-                entry.versions[version] = VersionState(UNAVAILABLE, "unloaded")
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+                entry.versions[version] = VersionState(UNAVAILABLE, UNLOADED)
+            entry.state, entry.reason = UNAVAILABLE, UNLOADED
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in list(self._loaded)))
@@ -238,5 +240,8 @@ class ModelRepository:
         self.table = Table(by_version, default)
 
     @property
-    def ready(self) -> bool:
-        return all(e.state != LOADING for e in self._entries.values())
+    def all_ready(self) -> bool:
+        """Every model the repository knows is serving (Triton's strict readiness)."""
+        return all(
+            e.state == READY or e.reason == UNLOADED for e in self._entries.values()
+        )

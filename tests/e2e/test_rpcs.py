@@ -15,7 +15,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from e2e_support import build_models, infer_input, message_of, model_ready, status_of
+from e2e_support import (
+    build_models,
+    infer_input,
+    message_of,
+    model_ready,
+    start_server,
+    status_of,
+)
 
 
 def _x(rows: int, cols: int = 3, start: float = 0.0) -> np.ndarray:
@@ -27,6 +34,20 @@ def _x(rows: int, cols: int = 3, start: float = 0.0) -> np.ndarray:
 
 def test_server_live(client):
     assert client.is_server_live() is True
+
+
+def test_server_not_ready_while_a_model_failed_to_load(client):
+    # Strict readiness (the default, as Triton): the test repository holds models that
+    # fail to load on purpose, so the server is live but not ready.
+    assert client.is_server_live()
+    assert client.is_server_ready() is False
+
+
+def test_relaxed_readiness_ignores_failed_models(test_repo):
+    with start_server(test_repo, "--strict-readiness", "false") as srv:
+        c = grpcclient.InferenceServerClient(srv.grpc_url)
+        assert c.is_server_ready() is True
+        c.close()
 
 
 def test_server_ready_answers(client):
@@ -114,7 +135,7 @@ def test_model_config_from_file(client):
     cfg = client.get_model_config("identity_fp32").config
     assert cfg.name == "identity_fp32"
     assert cfg.max_batch_size == 8
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 20000
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
         ("INPUT0", mc.TYPE_FP32, [-1])
     ]

@@ -376,7 +376,11 @@ def _identity_config(dtype: DType) -> str:
         + _tensor_cfg("input", "INPUT0", dtype.config, [-1])
         + _tensor_cfg("output", "OUTPUT0", dtype.config, [-1])
         + _tensor_cfg("output", "OUTPUT1", dtype.config, [-1])
-        + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+        + "dynamic_batching {\n  max_queue_delay_microseconds: 20000\n}\n"
+        # Hold every request for the window (no idle flush), so that simultaneous
+        # requests batch even on a slow, loaded CI machine: the cross-talk tests rely
+        # on really merged executions.
+        + 'parameters {\n  key: "batching_idle_flush"\n  value: { string_value: "false" }\n}\n'
     )
 
 
