@@ -39,3 +39,29 @@ cdef extern from "<pthread.h>" nogil:
     )
     int pthread_cond_signal(pthread_cond_t* cond)
     int pthread_cond_broadcast(pthread_cond_t* cond)
+
+
+# Sequentially consistent atomics (GCC/Clang builtins) for the lock-free fast paths:
+# the event loop thread enqueues without touching the mutex unless a worker sleeps.
+cdef extern from *:
+    """
+    static inline int tg_cas_int(int *p, int expected, int desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                           __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    static inline int tg_load_int(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void tg_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline int tg_add_int(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+    static inline unsigned long long tg_load_u64(unsigned long long *p) {
+        return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    }
+    static inline void tg_inc_u64(unsigned long long *p) {
+        __atomic_add_fetch(p, 1ULL, __ATOMIC_SEQ_CST);
+    }
+    """
+    int tg_cas_int(int *p, int expected, int desired) nogil
+    int tg_load_int(int *p) nogil
+    void tg_store_int(int *p, int v) nogil
+    int tg_add_int(int *p, int v) nogil
+    unsigned long long tg_load_u64(unsigned long long *p) nogil
+    void tg_inc_u64(unsigned long long *p) nogil

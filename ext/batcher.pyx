@@ -11,18 +11,22 @@ and per-request deadlines. ``poll(now)`` is the pure decision, driven by any clo
 ``gather`` copies the input rows of a batch into one preallocated contiguous buffer.
 Outputs are scattered by the caller with numpy views, which copy nothing.
 
-Locking. Two things guard the scheduler:
-  * ``_mutex`` (pthreads) guards the C fields ``_busy``, ``_generation``, ``_closed`` and
-    the waiter counts. It is held for a few C statements at a time, never while Python
-    code runs, and the GIL is never taken while it is held. Lock order: GIL -> mutex.
-  * ``_busy`` is a flag lock over the Python-object queue data (deques, heap, dict). It
-    is taken with the GIL held when free, and waited for with the GIL released. The GIL
-    alone is not enough: any allocation can run the cyclic GC, whose finalizers run
-    Python code that may hand the GIL to another thread in the middle of an update.
+Locking. The event loop thread must never block here, so the common paths are
+lock-free and the mutex is only for sleeping and waking:
+  * ``_busy`` is a flag lock over the Python-object queue data (deques, heap, dict),
+    taken by compare-and-swap with the GIL held, and waited for (rarely) with the GIL
+    released. The GIL alone is not enough: any allocation can run the cyclic GC, whose
+    finalizers run Python code that may hand the GIL to another thread mid-update.
+  * ``_generation``, ``_waiters`` and ``_busy_waiters`` are atomics (sequentially
+    consistent). Whoever changes the queue bumps ``_generation`` and takes ``_mutex``
+    only if a worker is asleep, to signal it. A sleeper registers in ``_waiters`` under
+    ``_mutex`` and then rechecks ``_generation``: with sequential consistency either the
+    waker sees the sleeper or the sleeper sees the new generation (no lost wake-up).
+  * ``_mutex`` is held for a few C statements, never while Python code runs, and the
+    GIL is never taken while it is held. Lock order: GIL -> mutex.
 Waiting workers sleep on a condition variable bound to CLOCK_MONOTONIC (the clock of
-``time.monotonic()``) with the GIL released. Lost wake-ups are avoided with a
-generation counter: every enqueue, cancel and close bumps it, a worker reads it inside
-the same critical section as its poll and sleeps only while it is unchanged.
+``time.monotonic()``) with the GIL released; a worker reads the generation in the same
+critical section as its poll and sleeps only while it is unchanged.
 """
 
 cimport cython
@@ -34,6 +38,12 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from batcher cimport (
+    tg_add_int,
+    tg_cas_int,
+    tg_inc_u64,
+    tg_load_int,
+    tg_load_u64,
+    tg_store_int,
     pthread_cond_broadcast,
     pthread_cond_destroy,
     pthread_cond_init,
@@ -195,10 +205,10 @@ cdef class Scheduler:
     cdef pthread_cond_t _wakeup   # workers in next_batch; CLOCK_MONOTONIC
     cdef pthread_cond_t _idle     # threads waiting for _busy
     cdef bint _sync_ready
-    cdef bint _busy
-    cdef int _busy_waiters
-    cdef int _waiters
-    cdef unsigned long long _generation
+    cdef int _busy                # flag lock over the queue data; atomic
+    cdef int _busy_waiters        # atomic
+    cdef int _waiters             # workers asleep in _wait; atomic
+    cdef unsigned long long _generation   # atomic
     cdef bint _closed
     cdef bint _flush              # dispatch without waiting out the delay, until empty
 
@@ -308,43 +318,36 @@ cdef class Scheduler:
     # -- synchronisation -------------------------------------------------------------
 
     cdef int _acquire(self) except -1:
-        # Fast path with the GIL: nobody holds _mutex for longer than a few C statements.
-        pthread_mutex_lock(&self._mutex)
-        if not self._busy:
-            self._busy = True
-            pthread_mutex_unlock(&self._mutex)
+        # Fast path with the GIL: one compare-and-swap, no mutex.
+        if tg_cas_int(&self._busy, 0, 1):
             return 0
-        pthread_mutex_unlock(&self._mutex)
         with nogil:
             pthread_mutex_lock(&self._mutex)
-            self._busy_waiters += 1
-            while self._busy:
+            tg_add_int(&self._busy_waiters, 1)
+            while not tg_cas_int(&self._busy, 0, 1):
                 pthread_cond_wait(&self._idle, &self._mutex)
-            self._busy_waiters -= 1
-            self._busy = True
+            tg_add_int(&self._busy_waiters, -1)
             pthread_mutex_unlock(&self._mutex)
         return 0
 
     cdef void _release(self, int notify) noexcept:
-        pthread_mutex_lock(&self._mutex)
-        self._busy = False
-        if self._busy_waiters:
+        tg_store_int(&self._busy, 0)
+        if tg_load_int(&self._busy_waiters):
+            pthread_mutex_lock(&self._mutex)
             pthread_cond_signal(&self._idle)
+            pthread_mutex_unlock(&self._mutex)
         if notify != _NOTIFY_NONE:
-            self._generation += 1
-            if self._waiters:
+            tg_inc_u64(&self._generation)
+            if tg_load_int(&self._waiters):
+                pthread_mutex_lock(&self._mutex)
                 if notify == _NOTIFY_ALL:
                     pthread_cond_broadcast(&self._wakeup)
                 else:
                     pthread_cond_signal(&self._wakeup)
-        pthread_mutex_unlock(&self._mutex)
+                pthread_mutex_unlock(&self._mutex)
 
     cdef unsigned long long _read_generation(self) noexcept:
-        cdef unsigned long long generation
-        pthread_mutex_lock(&self._mutex)
-        generation = self._generation
-        pthread_mutex_unlock(&self._mutex)
-        return generation
+        return tg_load_u64(&self._generation)
 
     cdef void _wait(self, unsigned long long generation, double wake_at) noexcept nogil:
         cdef timespec ts
@@ -358,13 +361,13 @@ cdef class Scheduler:
             elif ts.tv_nsec < 0:
                 ts.tv_nsec = 0
         pthread_mutex_lock(&self._mutex)
-        self._waiters += 1
-        while self._generation == generation:
+        tg_add_int(&self._waiters, 1)
+        while tg_load_u64(&self._generation) == generation:
             if wake_at == INFINITY:
                 pthread_cond_wait(&self._wakeup, &self._mutex)
             elif pthread_cond_timedwait(&self._wakeup, &self._mutex, &ts) == ETIMEDOUT:
                 break
-        self._waiters -= 1
+        tg_add_int(&self._waiters, -1)
         pthread_mutex_unlock(&self._mutex)
 
     # -- queue bookkeeping (GIL and _busy held) --------------------------------------
