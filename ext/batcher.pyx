@@ -616,7 +616,22 @@ cdef class Scheduler:
                     and not (record[1] == _TIMEOUT and (<_Entry>record[3]).delayed)
                 ]
                 heapify(self._expiry)
-            notify = _NOTIFY_ONE
+            # Wake a worker only when this request can change its decision: a sleeping
+            # worker already knows when the oldest request's delay runs out. Every
+            # needless wake-up costs the event loop a futex call and, on a busy machine,
+            # its core to the woken thread while it holds the GIL.
+            if (
+                self._size == 1
+                or flush
+                or not self.batching
+                or self._delay_s == 0
+                or self._closed
+                or deadline > 0
+                or timeout > 0
+                or self._rows >= self._max_preferred
+                or self._rows in self._preferred_set
+            ):
+                notify = _NOTIFY_ONE
         finally:
             self._release(notify)
 

@@ -38,7 +38,8 @@ class DataPlane:
         """
         model = self.repository.resolve(request.model_name, request.model_version)
         started = _perf_ns()
-        model.enter()
+        now = time.monotonic()
+        model.enter(now)
         try:
             arrays, rows, shape_key = request_inputs(
                 request, model.inputs, model.max_batch_size, model.name
@@ -51,12 +52,8 @@ class DataPlane:
                 if priority > model.priority_levels:
                     priority = 0  # as Triton: out-of-range priorities get the default level
                 timeout_us = _int_parameter(params, "timeout", 0, 1 << 62)
-            batcher = model.batcher
-            # Every other request in flight for this model is already queued: nothing
-            # else is coming soon, so don't wait out the batching delay.
-            alone = model.idle_flush and model.inflight - 1 == batcher.queued
-            pending = await batcher.submit(
-                arrays, rows, shape_key, priority, timeout_us, deadline, alone
+            pending = await model.batcher.submit(
+                arrays, rows, shape_key, priority, timeout_us, deadline, model.alone(now)
             )
             outputs = pending.outputs
             tensors = [response_tensor(s, outputs[s.name]) for s in (chosen or model.output_specs)]

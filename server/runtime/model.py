@@ -36,6 +36,10 @@ from tensorgate.tensors import TensorSpec
 
 log = logging.getLogger("tensorgate.runtime")
 
+# How long one overlap of two in-flight requests counts as concurrent load for the idle
+# flush (see ModelVersion.alone).
+OVERLAP_MEMORY_S = 0.05
+
 # Model version states, as RepositoryIndex reports them (Triton's names).
 LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
 
@@ -79,6 +83,7 @@ class ModelVersion:
         self.stats = VersionStats()
         self.state = LOADING
         self.inflight = 0
+        self.last_overlap = -1e9  # time.monotonic() when two requests were last in flight
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher: Batcher | None = None
@@ -177,9 +182,25 @@ class ModelVersion:
 
     # -- serving ------------------------------------------------------------------
 
-    def enter(self) -> None:
+    def enter(self, now: float) -> None:
         self.inflight += 1
+        if self.inflight > 1:
+            self.last_overlap = now
         self._idle.clear()
+
+    def alone(self, now: float) -> bool:
+        """Whether a request entering now should not wait out the batching delay.
+
+        True when every other in-flight request is already queued (nothing is on its way
+        to the queue) and no two requests have overlapped lately: a closed-loop client
+        at concurrency 1 then gets an immediate dispatch, while under concurrent load,
+        where more requests sit unseen in the transport, batches fill for the window.
+        """
+        return (
+            self.idle_flush
+            and self.inflight - 1 == self.batcher.queued
+            and now - self.last_overlap > OVERLAP_MEMORY_S
+        )
 
     def leave(self) -> None:
         self.inflight -= 1

@@ -71,3 +71,13 @@ def test_empty_summary_has_no_numbers():
     summary = hdr.summarize(hdr.new_histogram())
     assert summary["count"] == 0
     assert all(summary[k] is None for k in (*hdr.PERCENTILES, "max", "mean"))
+
+
+def test_percentiles_never_exceed_the_exact_max():
+    h = hdr.new_histogram()
+    for us in (4_370, 4_371, 4_378):  # one HDR bucket (4 µs wide here) holds them all
+        hdr.record_ns(h, us * 1000)
+    summary = hdr.summarize(h, exact_max_us=4_378)
+    assert h.get_value_at_percentile(99.9) > 4_378  # the bucket's top, above the max
+    assert summary["p99.9"] == summary["max"] == 4_378
+    assert summary["p50"] <= summary["p90"] <= summary["p99"] <= summary["p99.9"]

@@ -45,26 +45,30 @@ def test_poisson_schedule_mean_rate_and_spread():
 
 
 def test_open_loop_holds_its_rate_against_a_slow_server():
-    # 50 ms per request at 200/s: ~10 requests always outstanding. A generator that waited
-    # for answers (or slept between sends instead of following the schedule) would fall
-    # to ~20/s here; send lag shows any drift behind the schedule directly.
-    rate, seconds = 200.0, 2.0
-    with FakeServer(delay_s=0.05) as server:
+    # 20 ms per request at 1000/s: ~20 requests always outstanding. A generator that
+    # waited for answers would fall to a few hundred/s; one that slept each gap in turn
+    # instead of following the absolute schedule would lose the gaps shorter than the
+    # 1 ms timer tick (to ~730/s), and any stall would push every later arrival back.
+    rate, seconds = 1000.0, 1.5
+    with FakeServer(delay_s=0.02) as server:
         result = run_drive(WorkerSpec(url=server.url, payloads=PAYLOADS, rate=rate,
                                       duration_s=seconds, seed=11))
         assert server.ok == result.ok + result.warmup_requests
     assert result.sent == result.ok
     assert result.errors == {}
-    # Poisson count over 2 s at 200/s: sd = 20 (5%); 20% is > 4 sd.
-    assert result.ok == pytest.approx(rate * seconds, rel=0.2)
-    assert result.elapsed_ns / 1e9 == pytest.approx(seconds, rel=0.05)
-    assert result.ok / (result.elapsed_ns / 1e9) == pytest.approx(rate, rel=0.2)
+    # Poisson count over 1.5 s at 1000/s: sd ~ 39 (2.6%); 12% is > 4 sd.
+    assert result.ok == pytest.approx(rate * seconds, rel=0.12)
+    assert result.elapsed_ns / 1e9 == pytest.approx(seconds, rel=0.02)
+    assert result.ok / (result.elapsed_ns / 1e9) == pytest.approx(rate, rel=0.12)
     lag = hdr.merge([result.lag])
     assert lag.get_total_count() == result.sent
-    assert result.lag_max_us < 30_000, "sends fell behind the arrival schedule"
-    assert server.max_in_flight > 3  # requests overlapped: the loop did not wait for answers
+    # Most sends leave within a few timer ticks of their scheduled time (a single stall
+    # of a busy machine may delay a few; the schedule catches up after it).
+    assert lag.get_value_at_percentile(90) < 10_000, "sends fell behind the arrival schedule"
+    assert server.max_in_flight > 5  # requests overlapped: the loop did not wait for answers
+    # Latency covers the server's 20 ms wait (no upper bound: a busy machine adds to it).
     latency = hdr.summarize(hdr.merge([result.histogram]))
-    assert latency["p50"] == pytest.approx(50_000, rel=0.3)
+    assert latency["p50"] >= 19_900
 
 
 def test_closed_loop_keeps_exactly_its_concurrency_in_flight():
@@ -72,7 +76,9 @@ def test_closed_loop_keeps_exactly_its_concurrency_in_flight():
         result = run_drive(WorkerSpec(url=server.url, payloads=PAYLOADS, concurrency=8,
                                       warmup_s=0.1, duration_s=1.0))
         assert server.max_in_flight == 8
-    assert result.ok == pytest.approx(8 / 0.02 * 1.0, rel=0.3)
+    # At most 8 slots x (1 s / 20 ms + the one in flight at the end); at least half of
+    # that even on a busy machine.
+    assert 200 <= result.ok <= 8 * (1.0 / 0.02 + 1)
     assert result.warmup_requests > 0  # warm-up requests are sent but not counted
 
 
