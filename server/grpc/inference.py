@@ -59,15 +59,18 @@ class InferenceService:
 
     # -- hot path ------------------------------------------------------------------
 
+    def _accept(self, data: bytes):
+        """Decode one ModelInferRequest, if the server still takes requests."""
+        if not self.state.accepting:
+            raise Unavailable("the server is shutting down")
+        try:
+            return decode_infer_request(data)
+        except WireError as exc:
+            raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+
     async def model_infer(self, data: bytes, context) -> bytes:
         try:
-            try:
-                request = decode_infer_request(data)
-            except WireError as exc:
-                raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
-            if not self.state.accepting:
-                raise Unavailable("the server is shutting down")
-            return await self.dataplane.infer(request, _deadline(context))
+            return await self.dataplane.infer(self._accept(data), _deadline(context))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -82,13 +85,7 @@ class InferenceService:
 
         async def one(data: bytes) -> None:
             try:
-                try:
-                    request = decode_infer_request(data)
-                except WireError as exc:
-                    raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
-                if not self.state.accepting:
-                    raise Unavailable("the server is shutting down")
-                body = await self.dataplane.infer(request, deadline)
+                body = await self.dataplane.infer(self._accept(data), deadline)
                 await out.put(encode_stream_response(body))
             except asyncio.CancelledError:
                 raise
