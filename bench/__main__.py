@@ -125,7 +125,8 @@ def cmd_compare(args) -> int:
     scenarios = [_scenario_from(args, path) for path in args.scenario]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     doc, paths = compare(scenarios, servers, Path(args.output) if args.output else None,
-                         progress=not args.quiet, ceiling_seconds=args.ceiling_seconds)
+                         progress=not args.quiet, ceiling_seconds=args.ceiling_seconds,
+                         driver=args.driver)
     print(doc["comparison_markdown"])
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", help="directory (default bench/results/<date>-<scenario>/)")
     comp.add_argument("--ceiling-seconds", type=float, default=3.0,
                       help="in-process ONNX Runtime measuring time per batch size")
+    comp.add_argument("--driver", choices=("auto", "harness", "perf_analyzer"), default="auto",
+                      help="auto: perf_analyzer for peers that answer ModelConfig (when "
+                           "installed), our generator for the others; the table names it")
     comp.add_argument("--quiet", action="store_true")
     _scenario_flags(comp, with_file=False)
     comp.set_defaults(func=cmd_compare)

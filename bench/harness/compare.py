@@ -51,7 +51,21 @@ def _ceiling(model_file: Path, seconds: float) -> dict:
             for b, v in measured.items()}
 
 
-def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool) -> dict:
+def _driver_for(peer, driver: str) -> str:
+    """``auto``: Triton's perf_analyzer (C++, a few µs of client CPU per request) where
+    the peer answers ModelConfig and the binary is installed, else our generator. On a
+    2-core machine the Python generator's own CPU would otherwise set the pace."""
+    if driver != "auto":
+        return driver
+    from bench.harness import perf_analyzer
+
+    if getattr(peer, "supports_perf_analyzer", True) and perf_analyzer.find() is not None:
+        return "perf_analyzer"
+    return "harness"
+
+
+def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
+              driver: str = "harness") -> dict:
     peer = cls()
     reason = peer.available()
     if reason is not None:
@@ -63,7 +77,8 @@ def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool) -> di
     try:
         pids = getattr(peer, "group_pids", None) or (lambda: [peer.pid()])
         return run_scenario(url, scenario, server=peer.name, headers=dict(peer.grpc_headers),
-                            progress=progress, inputs=inputs, server_pids=pids)
+                            progress=progress, inputs=inputs, server_pids=pids,
+                            driver=_driver_for(peer, driver))
     except Exception:
         return results.not_run(peer.name, f"failed: {traceback.format_exc(limit=3)[-2000:]}",
                                scenario.model)
@@ -72,7 +87,8 @@ def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool) -> di
 
 
 def compare(scenarios: list[Scenario], servers: list[str], out_dir: Path | None = None, *,
-            progress: bool = True, ceiling_seconds: float = 3.0) -> tuple[dict, dict]:
+            progress: bool = True, ceiling_seconds: float = 3.0,
+            driver: str = "harness") -> tuple[dict, dict]:
     """Run, write results.{json,md} and latency.png; (document, paths written)."""
     from bench.models import build_bench_repository, model_path
 
@@ -95,7 +111,7 @@ def compare(scenarios: list[Scenario], servers: list[str], out_dir: Path | None 
                     why = import_error or f"no such peer (known: {sorted(peers)} and {INPROCESS})"
                     runs.append(results.not_run(name, f"not available: {why}", scenario.model))
                     continue
-                run = _run_peer(peers[name], repo, scenario, inputs, progress)
+                run = _run_peer(peers[name], repo, scenario, inputs, progress, driver)
                 runs.append(run)
                 if inputs is None and run.get("steps"):
                     from bench.harness.payload import InputSpec
@@ -135,7 +151,8 @@ def comparison_rows(runs: list[dict], ceiling: dict[str, dict]) -> list[dict]:
                 lat = step["latency_us"]
                 base_lat = base["latency_us"] if base else {}
                 rows.append({
-                    "model": model, "server": run["server"], "step": step["step"],
+                    "model": model, "server": run["server"], "driver": run.get("driver"),
+                    "step": step["step"],
                     "status": "ok", "inferences_per_s": step["inferences_per_s"],
                     "p50_us": lat.get("p50"), "p99_us": lat.get("p99"),
                     "errors": step["errors"], "client": step.get("client"),
@@ -174,7 +191,8 @@ def comparison_markdown(rows: list[dict]) -> str:
                          + ["-"] * 8)
             continue
         cpu = row.get("server_cpu") or {}
-        cells.append([row["model"], row["server"], row["step"], fmt_num(row["inferences_per_s"]),
+        server = f"{row['server']} ({row['driver']})" if row.get("driver") else row["server"]
+        cells.append([row["model"], server, row["step"], fmt_num(row["inferences_per_s"]),
                       fmt_us(row["p50_us"]), fmt_us(row["p99_us"]),
                       ratio(row["tg_over_peer_throughput"]), ratio(row["tg_over_peer_p50"]),
                       ratio(row["tg_over_peer_p99"]), fmt_errors(row["errors"]),
