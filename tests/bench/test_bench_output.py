@@ -100,7 +100,7 @@ def test_comparison_ratios_are_tensorgate_over_peer():
     ceiling_row = rows[("inprocess (ORT) b=64", "batch 64")]
     assert ceiling_row["tg_over_peer_throughput"] == 0.125  # best TG step 1000 / 8000
     md = comparison_markdown(list(rows.values()))
-    assert "| tiny_mlp | echo | c=1 | 500 |" in md and "2.00x" in md
+    assert "| tiny_mlp | echo (harness) | c=1 | 500 |" in md and "2.00x" in md
 
 
 PA_CSV = """Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency
