@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -21,8 +22,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tensorgate._proto import POOL
 from tensorgate.dataplane import DataPlane
 from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
+from tensorgate.observability import logs as obs_logs
+from tensorgate.observability import tracing as obs_tracing
+from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.metrics import serve_metrics
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.runtime import model as runtime_model
+from tensorgate.security.config import from_settings as security_from_settings
 from tensorgate.settings import Settings
 
 log = logging.getLogger("tensorgate")
@@ -69,6 +75,7 @@ async def _set_health(servicer, repository: ModelRepository, status) -> None:
 
 async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
+    runtime_model.INLINE_MAX_US = settings.inline_max_us
     root = settings.model_repository or demo_repository()
     repository = ModelRepository(
         Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs
@@ -82,15 +89,29 @@ async def serve(settings: Settings) -> int:
             ("grpc.so_reuseport", 0),
         ]
     )
-    service = InferenceService(repository, DataPlane(repository), state)
+    try:
+        security = security_from_settings(settings)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    service = InferenceService(
+        repository, DataPlane(repository, security.limits), state, security.guard
+    )
     server.add_generic_rpc_handlers([generic_handler(service)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    hooks = ModelHooks(repository, health_servicer)  # per-model health, events, logs
+    repository.listeners.append(hooks)
     _register_for_reflection()
     reflection.enable_server_reflection(
         [SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool=POOL
     )
-    grpc_port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    if security.credentials is not None:
+        grpc_port = server.add_secure_port(address, security.credentials)
+    else:
+        grpc_port = server.add_insecure_port(address)
+    log.info("gRPC security: %s", security.summary)
     if grpc_port == 0:
         log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
         return 1
@@ -99,11 +120,16 @@ async def serve(settings: Settings) -> int:
     if settings.metrics_port >= 0:
         try:
             metrics_server, metrics_port = serve_metrics(
-                settings.host, settings.metrics_port, lambda: _serving_versions(repository)
+                settings.host, settings.metrics_port, lambda: _serving_versions(repository),
+                hooks.events,
             )
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
             return 1
+    obs_logs.set_request_log_ratio(settings.request_log_sample_ratio)
+    obs_tracing.install(
+        settings.trace_exporter, settings.trace_sample_ratio, settings.otlp_endpoint
+    )
     await server.start()
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -128,12 +154,38 @@ async def serve(settings: Settings) -> int:
              settings.shutdown_grace_secs)
     state.accepting = False
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.shutdown_grace_secs)
+    # Drain before stopping grpc: server.stop() cancels calls at once (seen as CANCELLED
+    # by clients, tests/e2e/test_shutdown.py), so accepted requests finish first while
+    # new ones are answered UNAVAILABLE; then what is left (idle streams, health
+    # watches) gets a short grace.
+    left = await _drain(repository, settings.shutdown_grace_secs)
+    await server.stop(min(left, STREAM_GRACE_S))
     await repository.unload_all()
+    obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped")
     return 0
+
+
+STREAM_GRACE_S = 1.0
+# After the last accepted request finished, keep answering UNAVAILABLE this long before
+# grpc's stop(): calls that reach grpc.aio at the moment of stop() are dropped without
+# reaching us (CANCELLED), so clients should first learn that we refuse.
+SETTLE_S = 0.25
+
+
+async def _drain(repository: ModelRepository, grace: float) -> float:
+    """Wait until no inference request is in flight (none can enter any more) or
+    ``grace`` passed, then settle; returns the grace left."""
+    deadline = time.monotonic() + grace
+    while any(m.inflight for m in repository.models()):
+        if time.monotonic() >= deadline:
+            log.warning("grace period over with requests still in flight")
+            return 0.0
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(max(0.0, min(SETTLE_S, deadline - time.monotonic())))
+    return max(0.0, deadline - time.monotonic())
 
 
 def _serving_versions(repository: ModelRepository):

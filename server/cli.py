@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from tensorgate import __version__
@@ -27,14 +26,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.verb == "serve":
@@ -43,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"tensorgate serve: {exc}", file=sys.stderr)
             return 2
-        _configure_logging(settings.log_level)
+        from tensorgate.observability.logs import configure
+
+        configure(settings.log_level, settings.log_format)
         import uvloop
 
         from tensorgate.app import serve

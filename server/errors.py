@@ -43,6 +43,18 @@ class ResourceExhausted(TensorGateError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Unauthenticated(TensorGateError):
+    """Missing or unknown credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TensorGateError):
+    """Known credentials without the role the call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class DeadlineExceeded(TensorGateError):
     """The deadline or queue timeout passed before the request ran."""
 

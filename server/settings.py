@@ -33,6 +33,33 @@ class Settings:
         default=8002, metadata=_doc("HTTP /metrics port (0 picks a free port, -1 disables).")
     )
     log_level: str = field(default="INFO", metadata=_doc("One of " + ", ".join(LOG_LEVELS) + "."))
+    # -- observability (server/observability) --
+    log_format: str = field(
+        default="text",
+        metadata=_doc("text, or json: one JSON object per line (ts, level, logger, msg, fields)."),
+    )
+    request_log_sample_ratio: float = field(
+        default=0.0,
+        metadata=_doc("Fraction of inference requests logged (logger tensorgate.requests)."),
+    )
+    trace_exporter: str = field(
+        default="none",
+        metadata=_doc("Where OpenTelemetry spans go: none (tracing off), console, or otlp."),
+    )
+    trace_sample_ratio: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Fraction of new traces sampled (a caller's traceparent decides for its own); "
+            "unset: OTEL_TRACES_SAMPLER_ARG, else 1.0."
+        ),
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_doc(
+            "OTLP/gRPC collector for --trace-exporter otlp, e.g. http://127.0.0.1:4317; "
+            "unset: OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317."
+        ),
+    )
     default_max_batch_size: int = field(
         default=4,
         metadata=_doc(
@@ -50,9 +77,51 @@ class Settings:
             "--strict-readiness); false: ready once loading finished, whatever failed."
         ),
     )
+    inline_max_us: float = field(
+        default=100.0,
+        metadata=_doc(
+            "A model whose batch-1 run, measured at load, takes at most this many µs runs "
+            "on the event loop thread when a request finds it idle: cheaper than handing it "
+            "to a worker thread and back. 0 sends every request through the batcher."
+        ),
+    )
     shutdown_grace_secs: float = field(
         default=30.0,
         metadata=_doc("On SIGTERM/SIGINT, how long accepted requests may take to finish."),
+    )
+    # -- security and limits (server/security; 0 / unset = off) --
+    tls_cert: Path | None = field(
+        default=None, metadata=_doc("PEM certificate chain: serve gRPC over TLS (with --tls-key).")
+    )
+    tls_key: Path | None = field(default=None, metadata=_doc("PEM private key for --tls-cert."))
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata=_doc("PEM CA bundle: require client certificates signed by it (mutual TLS)."),
+    )
+    auth_tokens_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Bearer tokens, one 'TOKEN ROLE[,ROLE]' per line (roles: infer, admin); "
+            "TENSORGATE_AUTH_TOKENS adds ';'-separated entries. Unset and empty: no auth."
+        ),
+    )
+    rate_limit_rps: float = field(
+        default=0.0,
+        metadata=_doc("Per-client requests/s (keyed by token, else peer host); 0 = off."),
+    )
+    rate_limit_burst: int = field(
+        default=0, metadata=_doc("Per-client burst for --rate-limit-rps; 0 = the rps, rounded up.")
+    )
+    max_tensor_elements: int = field(
+        default=0,
+        metadata=_doc("Most elements in one input tensor; 0 = bounded by the message size only."),
+    )
+    max_bytes_element: int = field(
+        default=0, metadata=_doc("Longest BYTES element in an input, in bytes; 0 = off.")
+    )
+    max_inflight: int = field(
+        default=0,
+        metadata=_doc("Server-wide cap on inference requests in flight (more: shed); 0 = off."),
     )
 
     def __post_init__(self) -> None:
@@ -63,16 +132,39 @@ class Settings:
                 raise ValueError(f"{name} must be in {low}..65535, got {port}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.trace_exporter not in ("none", "console", "otlp"):
+            raise ValueError(
+                f"trace_exporter must be none, console or otlp, got {self.trace_exporter!r}"
+            )
+        for name in ("request_log_sample_ratio", "trace_sample_ratio"):
+            ratio = getattr(self, name)
+            if ratio is not None and not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"{name} must be in 0..1, got {ratio}")
         if not 1 <= self.default_max_batch_size <= 1 << 20:
             raise ValueError(
                 f"default_max_batch_size must be in 1..{1 << 20}, got {self.default_max_batch_size}"
             )
         if not 1 <= self.max_message_mb <= 2047:
             raise ValueError(f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
+        if not 0 <= self.inline_max_us <= 10_000:
+            raise ValueError(f"inline_max_us must be in 0..10000, got {self.inline_max_us}")
         if not 0 <= self.shutdown_grace_secs <= 3600:
             raise ValueError(
                 f"shutdown_grace_secs must be in 0..3600, got {self.shutdown_grace_secs}"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name, high in (
+            ("rate_limit_rps", 1e9), ("rate_limit_burst", 1 << 30),
+            ("max_tensor_elements", 1 << 62), ("max_bytes_element", 1 << 31),
+            ("max_inflight", 1 << 30),
+        ):
+            if not 0 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in 0..{high:g}, got {getattr(self, name)}")
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise ValueError(f"model_repository {str(self.model_repository)!r} is not a directory")
 

@@ -32,6 +32,35 @@ class TensorSpec:
         return all(d >= 0 for d in self.dims)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds, checked before anything is allocated for a tensor."""
+
+    max_elements: int = 256 << 20  # per input tensor; never 0 (the message size bounds it)
+    max_bytes_element: int = 0  # longest BYTES element; 0 = unbounded
+    elements_flag: str = "--max-message-mb"  # the flag that set max_elements, for errors
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _element_count(spec: TensorSpec, shape: tuple, limits: Limits) -> int:
+    """The shape's product, refused as soon as it passes the limit (Python ints never
+    overflow; the bound keeps every later size computation and allocation small)."""
+    limit = limits.max_elements
+    count = 1
+    for d in shape:
+        count *= d
+        if count > limit:
+            if any(x == 0 for x in shape):
+                return 0
+            raise InvalidArgument(
+                f"input '{spec.name}': shape {_shape_str(shape)} holds more than {limit} "
+                f"elements, the limit per tensor ({limits.elements_flag})"
+            )
+    return count
+
+
 def _shape_str(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
@@ -69,10 +98,7 @@ def _check_shape(spec: TensorSpec, shape: tuple, max_batch_size: int) -> int:
     return rows
 
 
-def _from_raw(spec: TensorSpec, shape: tuple, raw) -> np.ndarray:
-    count = 1
-    for d in shape:
-        count *= d
+def _from_raw(spec: TensorSpec, shape: tuple, raw, count: int) -> np.ndarray:
     dtype = spec.dtype
     if dtype.wire == "BYTES":
         try:
@@ -89,7 +115,7 @@ def _from_raw(spec: TensorSpec, shape: tuple, raw) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype.numpy, count=count).reshape(shape)
 
 
-def _from_typed(spec: TensorSpec, shape: tuple, contents: dict) -> np.ndarray:
+def _from_typed(spec: TensorSpec, shape: tuple, contents: dict, count: int) -> np.ndarray:
     dtype = spec.dtype
     field = dtype.typed_field
     if field is None:
@@ -104,9 +130,6 @@ def _from_typed(spec: TensorSpec, shape: tuple, contents: dict) -> np.ndarray:
             f"expected contents.{field}"
         )
     values = contents.get(field)
-    count = 1
-    for d in shape:
-        count *= d
     got = 0 if values is None else len(values)
     if got != count:
         raise InvalidArgument(
@@ -122,11 +145,17 @@ def _from_typed(spec: TensorSpec, shape: tuple, contents: dict) -> np.ndarray:
     return np.asarray(values).astype(dtype.numpy, copy=False).reshape(shape)
 
 
-def _utf8_strings(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's string tensors hold UTF-8 text; it stringifies bytes objects."""
+def _utf8_strings(spec: TensorSpec, arr: np.ndarray, max_len: int = 0) -> np.ndarray:
+    """ONNX Runtime's string tensors hold UTF-8 text; it stringifies bytes objects.
+    ``max_len`` > 0: refuse elements longer than that many bytes."""
     out = np.empty(arr.shape, dtype=object)
     flat_out = out.reshape(-1)
     for i, value in enumerate(arr.reshape(-1)):
+        if max_len and len(value) > max_len:
+            raise InvalidArgument(
+                f"input '{spec.name}': BYTES element {i} holds {len(value)} bytes, the limit "
+                f"is {max_len} (--max-bytes-element)"
+            )
         try:
             flat_out[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
         except UnicodeDecodeError:
@@ -137,7 +166,13 @@ def _utf8_strings(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def request_inputs(request, specs: dict[str, TensorSpec], max_batch_size: int, model: str):
+def request_inputs(
+    request,
+    specs: dict[str, TensorSpec],
+    max_batch_size: int,
+    model: str,
+    limits: Limits = DEFAULT_LIMITS,
+):
     """Validate a decoded request's inputs; returns (arrays by name, rows, shape key).
 
     The shape key groups requests that may share a batch: the non-batch shapes of all
@@ -176,6 +211,7 @@ def request_inputs(request, specs: dict[str, TensorSpec], max_batch_size: int, m
             )
         shape = tensor.shape
         n = _check_shape(spec, shape, max_batch_size)
+        count = _element_count(spec, shape, limits)
         if rows == -1:
             rows = n
         elif n != rows:
@@ -188,11 +224,14 @@ def request_inputs(request, specs: dict[str, TensorSpec], max_batch_size: int, m
                     f"input '{name}': contents given both in raw_input_contents and in typed "
                     f"contents"
                 )
-            arr = _from_raw(spec, shape, raw[i])
+            arr = _from_raw(spec, shape, raw[i], count)
         else:
-            arr = _from_typed(spec, shape, tensor.contents)
+            arr = _from_typed(spec, shape, tensor.contents, count)
         if spec.dtype.wire == "BYTES":
-            arr = _utf8_strings(spec, arr)
+            max_len = limits.max_bytes_element
+            if max_len and raw and len(raw[i]) - 4 * count <= max_len:
+                max_len = 0  # the payload is too small for any element to pass the limit
+            arr = _utf8_strings(spec, arr, max_len)
         if spec.model_dims is not None:
             arr = arr.reshape(((n,) if max_batch_size > 0 else ()) + spec.model_dims)
         if not spec.fixed:

@@ -34,6 +34,7 @@ class Pending:
     shape_key: Any
     future: asyncio.Future
     enqueued_ns: int = 0
+    span: Any = None  # the request's server span when it is traced (observability.tracing)
     # Filled by the worker: per-request timings (ns) of the batch that ran it.
     queue_ns: int = 0
     input_ns: int = 0
@@ -100,6 +101,7 @@ class Batcher:
         timeout_us: int = 0,
         deadline: float = 0.0,
         alone: bool = False,
+        span: Any = None,
     ) -> Pending:
         """Queue a request and wait until its batch ran; raises the request's error.
 
@@ -107,7 +109,7 @@ class Batcher:
         batching delay would only add latency.
         """
         future = self._loop.create_future()
-        pending = Pending(inputs, rows, shape_key, future, time.perf_counter_ns())
+        pending = Pending(inputs, rows, shape_key, future, time.perf_counter_ns(), span)
         try:
             self._scheduler.enqueue(
                 pending, rows, shape_key, time.monotonic(), priority, timeout_us, deadline,

@@ -21,7 +21,10 @@ from tensorgate._proto.inference import grpc_service_pb2 as pb
 from tensorgate.dataplane import DataPlane
 from tensorgate.errors import InvalidArgument, NotFound, TensorGateError, Unavailable
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.observability import tracing as _tracing
+from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
+from tensorgate.security import ADMIN, INFER, Guard, audit
 
 log = logging.getLogger("tensorgate.grpc")
 
@@ -52,10 +55,13 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
 class InferenceService:
     """Handlers for every RPC of GRPCInferenceService."""
 
-    def __init__(self, repository: ModelRepository, dataplane: DataPlane, state) -> None:
+    def __init__(
+        self, repository: ModelRepository, dataplane: DataPlane, state, guard: Guard | None = None
+    ) -> None:
         self.repository = repository
         self.dataplane = dataplane
         self.state = state  # the app: .live, .ready
+        self.guard = guard  # None when auth, rate limits and the in-flight cap are all off
 
     # -- hot path ------------------------------------------------------------------
 
@@ -69,28 +75,75 @@ class InferenceService:
             raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
 
     async def model_infer(self, data: bytes, context) -> bytes:
+        guard = self.guard
+        tracing = _tracing.ACTIVE  # None: tracing off, nothing else is paid for it
+        span = None if tracing is None else tracing.request_span("ModelInfer", context)
         try:
-            return await self.dataplane.infer(self._accept(data), _deadline(context))
-        except asyncio.CancelledError:
+            if guard is None:
+                body = await self.dataplane.infer(self._accept(data), _deadline(context), span)
+            else:
+                # Checked inline: a grpc.aio interceptor would cost a coroutine per call.
+                guard.check(context, INFER, "ModelInfer")
+                guard.enter()
+                try:
+                    body = await self.dataplane.infer(
+                        self._accept(data), _deadline(context), span
+                    )
+                finally:
+                    guard.leave()
+        except asyncio.CancelledError as exc:
+            if span is not None:
+                Tracing.fail(span, exc)
             raise
         except Exception as exc:
+            if span is not None:
+                Tracing.fail(span, exc)
             await _abort_for(exc, context, "ModelInfer")
+        if span is not None:
+            Tracing.finish(span)
+        return body
 
     async def model_stream_infer(self, requests, context):
         """Bidirectional stream: requests run concurrently; each gets one response or an
         error_message; a bad message never ends the stream."""
+        guard = self.guard
+        principal = None
+        if guard is not None and guard.tokens is not None:
+            try:  # credentials once per stream; rate and in-flight per message below
+                principal = guard.check(context, INFER, "ModelStreamInfer")
+            except TensorGateError as exc:
+                await context.abort(exc.code, exc.message)
         out: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
         deadline = _deadline(context)
+        tracing = _tracing.ACTIVE
+        incoming = None if tracing is None else tracing.incoming(context)  # once per stream
 
         async def one(data: bytes) -> None:
+            entered = False
+            span = None if tracing is None else tracing.start("ModelStreamInfer", incoming)
             try:
-                body = await self.dataplane.infer(self._accept(data), deadline)
+                if guard is not None:
+                    guard.check_rate(context, principal)
+                    guard.enter()
+                    entered = True
+                body = await self.dataplane.infer(self._accept(data), deadline, span)
                 await out.put(encode_stream_response(body))
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                if span is not None:
+                    Tracing.fail(span, exc)
+                    span = None
                 raise
             except Exception as exc:
+                if span is not None:
+                    Tracing.fail(span, exc)
+                    span = None
                 await out.put(encode_stream_response(None, _message_for(exc)))
+            finally:
+                if entered:
+                    guard.leave()
+            if span is not None:
+                Tracing.finish(span)
 
         async def read() -> None:
             try:
@@ -249,14 +302,46 @@ _UNIMPLEMENTED = {
 }
 
 
-def _guarded(rpc: str, fn: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+def _guarded(
+    rpc: str, fn: Callable[..., Awaitable], guard: Guard | None, role: str
+) -> Callable[..., Awaitable]:
+    if role == ADMIN:
+        return _audited(rpc, fn, guard)
+
     async def handler(request, context):
         try:
+            if guard is not None:
+                guard.check(context, role, rpc)
             return await fn(request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await _abort_for(exc, context, rpc)
+
+    return handler
+
+
+def _audited(rpc: str, fn: Callable[..., Awaitable], guard: Guard | None):
+    """Admin RPCs: checked for the admin role; every attempt that passed the check
+    leaves one audit line with its outcome (denied ones are logged by the guard)."""
+
+    async def handler(request, context):
+        try:
+            principal = guard.check(context, ADMIN, rpc) if guard is not None else None
+        except TensorGateError as exc:
+            await context.abort(exc.code, exc.message)
+        who = principal.token_id if principal is not None else "-"
+        outcome = "ok"
+        try:
+            return await fn(request, context)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            outcome = exc.code.name if isinstance(exc, TensorGateError) else "INTERNAL"
+            await _abort_for(exc, context, rpc)
+        finally:
+            audit.admin_action(rpc, context.peer(), who, request.model_name, outcome)
 
     return handler
 
@@ -274,9 +359,9 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     s = service
     unary = grpc.unary_unary_rpc_method_handler
 
-    def typed(rpc: str, fn, req_cls):
+    def typed(rpc: str, fn, req_cls, role: str = INFER):
         return unary(
-            _guarded(rpc, fn),
+            _guarded(rpc, fn, s.guard, role),
             request_deserializer=req_cls.FromString,
             response_serializer=lambda m: m.SerializeToString(),
         )
@@ -294,10 +379,11 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         "ModelStatistics": typed("ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest),
         "RepositoryIndex": typed("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest),
         "RepositoryModelLoad": typed(
-            "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest
+            "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest, ADMIN
         ),
         "RepositoryModelUnload": typed(
-            "RepositoryModelUnload", s.repository_model_unload, pb.RepositoryModelUnloadRequest
+            "RepositoryModelUnload", s.repository_model_unload, pb.RepositoryModelUnloadRequest,
+            ADMIN,
         ),
     }
     for rpc, what in _UNIMPLEMENTED.items():

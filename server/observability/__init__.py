@@ -1,1 +1,1 @@
-"""Statistics, Prometheus metrics and logging."""
+"""Statistics, Prometheus metrics, OpenTelemetry tracing, health hooks and logging."""

@@ -1,24 +1,49 @@
 """Prometheus text on HTTP /metrics, read from the same counters as ModelStatistics.
 
 Nothing is recorded per request for Prometheus: a collector reads the per-version
-statistics at scrape time. Metric names and labels are Triton's, so existing Triton
-dashboards and alerts work.
+statistics (plain integers and bucket lists, see stats.py) at scrape time.
+
+- Triton's names and labels (``model``, ``version``), so existing Triton dashboards and
+  alerts work: ``nv_inference_request_success``, ``nv_inference_request_failure``
+  (with Triton's ``reason`` label: REJECTED, CANCELED, BACKEND, OTHER),
+  ``nv_inference_count``, ``nv_inference_exec_count``,
+  ``nv_inference_pending_request_count``, and the cumulative ``nv_inference_*_duration_us``.
+- TensorGate's own: latency histograms in seconds, batch size, failures by gRPC status
+  code, queue depth and in-flight gauges, model load/unload events and load duration.
+- Process metrics (CPU, resident memory, open files) from prometheus_client.
+
+Extension point: routes (issue: routing) will add ``route`` and ``variant`` labels to
+the per-request families; ``_labels`` is the one place labels are made.
 """
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
 from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
+
+from tensorgate.observability.stats import FAILURE_REASONS, Buckets, ModelEvents
+
+LABELS = ["model", "version"]
+CONTENT_TYPE_PLAIN = "text/plain; version=0.0.4; charset=utf-8"
 
 # (metric name, help, how to read it from VersionStats)
 _COUNTERS: list[tuple[str, str, Callable]] = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
      lambda s: s.success.count),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
-     lambda s: s.fail.count),
     ("nv_inference_count", "Number of inferences performed (a batch of n counts n)",
      lambda s: s.inference_count),
     ("nv_inference_exec_count", "Number of model executions performed (batches)",
@@ -36,36 +61,172 @@ _COUNTERS: list[tuple[str, str, Callable]] = [
      lambda s: s.compute_output.ns // 1000),
 ]
 
+# (metric name, help, which Buckets, scale from stored units to exposed units)
+_HISTOGRAMS: list[tuple[str, str, Callable, float]] = [
+    ("tensorgate_request_duration_seconds",
+     "Inference request latency inside the server (decode to encoded response), seconds",
+     lambda s: s.request_hist, 1e-9),
+    ("tensorgate_queue_duration_seconds",
+     "Time a request waited in the batch queue before its batch started, seconds",
+     lambda s: s.queue_hist, 1e-9),
+    ("tensorgate_compute_duration_seconds",
+     "Compute time (gather + run + scatter) of the batch that served a request, seconds",
+     lambda s: s.compute_hist, 1e-9),
+    ("tensorgate_batch_size",
+     "Rows per model execution (batch size)", lambda s: s.batch_hist, 1),
+]
+
+
+def _labels(model) -> list[str]:
+    return [model.name, model.version_str]
+
+
+_LE: dict[tuple, list[str]] = {}
+
+
+def histogram_buckets(hist: Buckets, scale: float) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative (le, count) pairs and the sum, as HistogramMetricFamily wants them."""
+    les = _LE.get((hist.bounds, scale))
+    if les is None:
+        les = _LE[(hist.bounds, scale)] = [
+            floatToGoString(round(b * scale, 12)) for b in hist.bounds
+        ]
+    counts = list(hist.counts)  # one snapshot: the loop thread keeps counting
+    total = hist.total
+    buckets = []
+    running = 0
+    for le, n in zip(les, counts):
+        running += n
+        buckets.append((le, running))
+    buckets.append(("+Inf", running + counts[-1]))
+    return buckets, total * scale
+
+
+def _triton_counter(name: str, doc: str) -> Metric:
+    """A counter exposed under Triton's exact name (no ``_total`` suffix)."""
+    return Metric(name, doc, "counter")
+
 
 class StatsCollector:
-    """Yields Triton-named counters for every loaded model version."""
+    """Yields every per-version family at scrape time."""
 
-    def __init__(self, versions: Callable[[], Iterable]) -> None:
+    def __init__(self, versions: Callable[[], Iterable], events: ModelEvents | None = None) -> None:
         self._versions = versions
+        self._events = events
 
     def collect(self):
         versions = list(self._versions())
         for name, doc, read in _COUNTERS:
-            metric = Metric(name, doc, "counter")
+            metric = _triton_counter(name, doc)
             for model in versions:
                 labels = {"model": model.name, "version": model.version_str}
                 metric.add_sample(name, labels, read(model.stats))
             yield metric
-        depth = Metric("tensorgate_queue_depth", "Requests waiting in the batch queue", "gauge")
-        inflight = Metric("tensorgate_inflight_requests", "Requests being served", "gauge")
+        failure = _triton_counter(
+            "nv_inference_request_failure", "Number of failed inference requests, all batch sizes"
+        )
+        by_code = CounterMetricFamily(
+            "tensorgate_request_failures",
+            "Failed inference requests by gRPC status code",
+            labels=LABELS + ["code"],
+        )
         for model in versions:
-            labels = {"model": model.name, "version": model.version_str}
+            stats = model.stats
+            for reason in FAILURE_REASONS:
+                failure.add_sample(
+                    "nv_inference_request_failure",
+                    {"model": model.name, "reason": reason, "version": model.version_str},
+                    stats.fail_reasons.get(reason, 0),
+                )
+            for code, n in list(stats.fail_codes.items()):
+                by_code.add_metric(_labels(model) + [code], n)
+        yield failure
+        yield by_code
+        for name, doc, read, scale in _HISTOGRAMS:
+            metric = HistogramMetricFamily(name, doc, labels=LABELS)
+            for model in versions:
+                buckets, total = histogram_buckets(read(model.stats), scale)
+                metric.add_metric(_labels(model), buckets, total)
+            yield metric
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model",
+            labels=LABELS,
+        )
+        depth = GaugeMetricFamily(
+            "tensorgate_queue_depth", "Requests waiting in the batch queue", labels=LABELS
+        )
+        inflight = GaugeMetricFamily(
+            "tensorgate_inflight_requests", "Requests being served", labels=LABELS
+        )
+        for model in versions:
             batcher = model.batcher
-            depth.add_sample("tensorgate_queue_depth", labels, batcher.queued if batcher else 0)
-            inflight.add_sample("tensorgate_inflight_requests", labels, model.inflight)
+            queued = batcher.queued if batcher else 0
+            pending.add_metric(_labels(model), queued)
+            depth.add_metric(_labels(model), queued)
+            inflight.add_metric(_labels(model), model.inflight)
+        yield pending
         yield depth
         yield inflight
+        if self._events is not None:
+            yield from self._model_events()
+
+    def _model_events(self):
+        events = CounterMetricFamily(
+            "tensorgate_model_events",
+            "Model lifecycle events (load, load_failed, unload)",
+            labels=["model", "event"],
+        )
+        for (model, event), n in list(self._events.events.items()):
+            events.add_metric([model, event], n)
+        yield events
+        load = HistogramMetricFamily(
+            "tensorgate_model_load_duration_seconds",
+            "Time to load a model version (read, build sessions, complete config), seconds",
+            labels=["model"],
+        )
+        for model, hist in list(self._events.load_seconds.items()):
+            buckets, total = histogram_buckets(hist, 1)
+            load.add_metric([model], buckets, total)
+        yield load
 
 
-def serve_metrics(host: str, port: int, versions: Callable[[], Iterable]):
+# prometheus_client writes "# TYPE x_total counter" for every counter, but Triton's
+# counters have no _total suffix, and their samples don't either: name the metadata as
+# the samples are named (as Triton's own /metrics does), so Prometheus types them.
+_TRITON_COUNTER_META = re.compile(rb"^# (HELP|TYPE) (nv_inference_\w+)_total ", re.M)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return _TRITON_COUNTER_META.sub(rb"# \1 \2 ", generate_latest(registry))
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - no access log per scrape
+        pass
+
+
+def serve_metrics(
+    host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None
+):
     """Start the /metrics HTTP server in a thread; returns (server, bound port)."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
-    registry.register(StatsCollector(versions))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    registry.register(StatsCollector(versions, events))
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/favicon.ico":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b""]
+        body = exposition(registry)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        daemon_threads = True
+
+    server = make_server(host, port, app, Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, server.server_port

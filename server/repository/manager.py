@@ -56,6 +56,10 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
         self.table = Table({}, {})
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Awaited on every change: listener(event, model, **fields), events "loading",
+        # "loaded" (version, seconds), "load_failed" (reason[, version]), "unloading",
+        # "unloaded". Health, metrics and logs hook in here (observability/hooks.py).
+        self.listeners: list = []
 
     # -- lookups (hot path) ---------------------------------------------------------
 
@@ -144,6 +148,7 @@ class ModelRepository:
             raise NotFound(f"unknown model '{name}': no directory {name}/ in the repository")
         entry = self._entries.setdefault(name, ModelEntry(name))
         entry.state, entry.reason = LOADING, ""
+        await self._notify("loading", name)
         try:
             parsed = parse_config(model_dir)
             on_disk = versions_on_disk(model_dir)
@@ -155,6 +160,7 @@ class ModelRepository:
                 )
         except ModelLoadError as exc:
             log.error("model %s failed to load: %s", name, exc)
+            await self._notify("load_failed", name, reason=str(exc))
             if self._loaded.get(name):
                 entry.state = READY  # the versions already serving keep serving
                 raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
@@ -204,6 +210,12 @@ class ModelRepository:
         if not new:
             entry.reason = "; ".join(failures)
         self._publish()
+        for version, result in zip(wanted, results):
+            if isinstance(result, ModelVersion):
+                await self._notify("loaded", name, version=version, seconds=result.load_seconds)
+            else:
+                await self._notify("load_failed", name, version=version,
+                                   reason=entry.versions[version].reason)
         await self._retire(retired)
         if failures:
             raise ModelLoadFailed(f"model '{name}' failed to load: " + "; ".join(failures))
@@ -219,16 +231,25 @@ class ModelRepository:
                 entry.versions[version] = VersionState(UNLOADING)
             entry.state = UNLOADING
             self._publish()
+            await self._notify("unloading", name)
             await self._retire(list(current.values()))
             for version in current:
                 entry.versions[version] = VersionState(UNAVAILABLE, UNLOADED)
             entry.state, entry.reason = UNAVAILABLE, UNLOADED
+            await self._notify("unloaded", name)
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(name) for name in list(self._loaded)))
 
     async def _retire(self, versions: list[ModelVersion]) -> None:
         await asyncio.gather(*(m.drain_and_release(self._drain_timeout) for m in versions))
+
+    async def _notify(self, event: str, name: str, **fields) -> None:
+        for listener in self.listeners:
+            try:
+                await listener(event, name, **fields)
+            except Exception:  # an observer must never break a load
+                log.exception("listener failed on %s %s", event, name)
 
     def _publish(self) -> None:
         by_version = {

@@ -18,7 +18,8 @@ from tensorgate._ext.batcher import QueuePolicy, Scheduler
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.batching.batcher import Batcher, BatchTimings, Pending
 from tensorgate.dtypes import BY_CONFIG
-from tensorgate.errors import ModelLoadError
+from tensorgate.errors import ModelLoadError, RuntimeFailure
+from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.stats import VersionStats
 from tensorgate.repository.config import (
     ParsedConfig,
@@ -39,6 +40,15 @@ log = logging.getLogger("tensorgate.runtime")
 # How long one overlap of two in-flight requests counts as concurrent load for the idle
 # flush (see ModelVersion.alone).
 OVERLAP_MEMORY_S = 0.05
+
+# A model whose batch-1 run (measured at load) takes at most this many µs runs on the
+# event loop thread when a request finds it idle (nothing queued or running, no
+# concurrent load lately). Measured on the 2-core reference machine: handing a request to
+# a worker thread and back costs the loop ~150-200 µs of wall time and CPU (two thread
+# wake-ups and GIL hand-offs; perf: a quarter of the server's CPU in task switches at
+# concurrency 1), while the tiny MLP runs in 7 µs. Set by --inline-max-us; 0 turns it off.
+INLINE_MAX_US = 100.0
+WARM_UP_RUNS = 15
 
 # Model version states, as RepositoryIndex reports them (Triton's names).
 LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
@@ -81,8 +91,11 @@ class ModelVersion:
         self.devices = [device for _, device in sessions]
         self._sessions = [session for session, _ in sessions]
         self.stats = VersionStats()
+        self.load_seconds = 0.0
         self.state = LOADING
         self.inflight = 0
+        self.run_us: float | None = None  # median batch-1 run time at load
+        self.inline = False  # see INLINE_MAX_US
         self.last_overlap = -1e9  # time.monotonic() when two requests were last in flight
         self._idle = asyncio.Event()
         self._idle.set()
@@ -129,12 +142,59 @@ class ModelVersion:
             default_max_batch_size,
         )
         model = cls(name, version, config, sessions)
+        model.run_us = model._warm_up()
+        model.inline = (
+            model.run_us is not None
+            and model.run_us <= INLINE_MAX_US
+            and model.devices[0] == "cpu"
+        )
+        model.load_seconds = time.monotonic() - started
         log.info(
-            "loaded %s in %.0f ms: %d instance(s) on %s, max_batch_size %d, dynamic batching %s",
+            "loaded %s in %.0f ms: %d instance(s) on %s, max_batch_size %d, dynamic batching %s,"
+            " batch-1 run %s%s",
             model.label, (time.monotonic() - started) * 1000, len(sessions),
             ", ".join(model.devices), model.max_batch_size, "on" if model.dynamic_batching else "off",
+            "n/a" if model.run_us is None else f"{model.run_us:.0f} us",
+            " (runs inline when idle)" if model.inline else "",
         )
         return model
+
+    def _warm_up(self) -> float | None:
+        """Run every instance on generated batch-1 inputs (zeros; dynamic dims as 1) so
+        the first request doesn't pay for lazy initialisation; the median run time of
+        the first instance in µs, or None when the model refuses generated inputs."""
+        feed = {}
+        for name, spec in self.inputs.items():
+            dims = tuple(1 if d < 0 else d for d in (spec.model_dims or spec.dims))
+            shape = ((1,) if self.max_batch_size > 0 else ()) + dims
+            if spec.dtype.wire == "BYTES":
+                feed[name] = np.full(shape, "", dtype=object)
+            else:
+                feed[name] = np.zeros(shape, spec.dtype.numpy)
+        times = []
+        try:
+            for session in self._sessions:
+                session.run(self.output_names, feed)
+            for _ in range(WARM_UP_RUNS):
+                t0 = time.perf_counter_ns()
+                self._sessions[0].run(self.output_names, feed)
+                times.append((time.perf_counter_ns() - t0) / 1000)
+        except Exception as exc:  # onnxruntime's own types; generated data may be invalid
+            log.info("%s: no warm-up on generated inputs (%s)", self.label, str(exc)[:200])
+            return None
+        return sorted(times)[len(times) // 2]
+
+    def run_inline(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Run one request on the calling (event loop) thread; see INLINE_MAX_US."""
+        t0 = time.perf_counter_ns()
+        try:
+            values = self._sessions[0].run(self.output_names, arrays)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise RuntimeFailure(f"onnxruntime failed: {exc}") from None
+        infer_ns = time.perf_counter_ns() - t0
+        self.stats.record_batch(rows, 0, infer_ns, 0)
+        self.stats.record_request(0, 0, infer_ns, 0)
+        return dict(zip(self.output_names, values))
 
     def _scheduler(self) -> Scheduler:
         if not self.dynamic_batching:
@@ -179,6 +239,9 @@ class ModelVersion:
         for p in batch:
             if p.error is None:
                 stats.record_request(p.queue_ns, p.input_ns, p.infer_ns, p.output_ns)
+        tracing = _tracing.ACTIVE
+        if tracing is not None:
+            tracing.record_batch(self, batch, timings)
 
     # -- serving ------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""Soak: ~80% of measured capacity for N minutes; errors and server RSS growth.
+
+    python bench/soak.py --minutes 10            # the issue's soak (not run in CI)
+    python bench/soak.py --minutes 1 --load 0.8  # a quick look
+
+Starts ``tensorgate serve`` on the bundled demo repository (simple_mlp, batch 1) on free
+ports, measures capacity with a closed loop, then sends an open-loop (fixed-rate) load
+at ``--load`` x capacity from one grpc.aio client process. Server RSS is sampled from
+/proc every second; growth is reported from the end of the warm-up (the first 20% of the
+run, at least 10 s) to the end. Exit status 1 if any request failed or RSS grew more
+than --max-rss-growth (5% by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+READY_RE = re.compile(r"ready grpc=([\d.]+):(\d+)")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def request_bytes() -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="simple_mlp")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    req.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    return req.SerializeToString()
+
+
+async def capacity(url: str, seconds: float, concurrency: int) -> float:
+    import grpc
+
+    async with grpc.aio.insecure_channel(url) as ch:
+        call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        body = request_bytes()
+        done = 0
+        stop = time.monotonic() + seconds
+
+        async def worker():
+            nonlocal done
+            while time.monotonic() < stop:
+                await call(body, timeout=10)
+                done += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.monotonic() - t0)
+
+
+async def open_loop(url: str, rate: float, seconds: float, pid: int, samples: list):
+    import grpc
+
+    errors: collections.Counter = collections.Counter()
+    ok = 0
+    async with grpc.aio.insecure_channel(url) as ch:
+        call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        body = request_bytes()
+        pending: set = set()
+
+        async def one():
+            nonlocal ok
+            try:
+                await call(body, timeout=10)
+                ok += 1
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+
+        t0 = time.monotonic()
+        next_sample = t0
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if now - t0 >= seconds:
+                break
+            if now >= next_sample:
+                samples.append((now - t0, rss_kib(pid)))
+                next_sample += 1.0
+            due = int((now - t0) * rate)
+            while sent < due:
+                task = asyncio.create_task(one())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        if pending:
+            await asyncio.gather(*pending)
+    return ok, errors
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
+    ap.add_argument("--concurrency", type=int, default=32, help="for the capacity probe")
+    ap.add_argument("--max-rss-growth", type=float, default=0.05)
+    args = ap.parse_args()
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0", "--metrics-port",
+         "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = READY_RE.search(line)
+        if m:
+            url = f"{m.group(1)}:{m.group(2)}"
+            break
+    if not url:
+        print("server did not start", file=sys.stderr)
+        return 1
+    threading.Thread(target=lambda: collections.deque(proc.stdout, 0), daemon=True).start()
+    try:
+        cap = asyncio.run(capacity(url, 5.0, args.concurrency))
+        rate = cap * args.load
+        seconds = args.minutes * 60
+        print(f"capacity {cap:.0f} req/s (closed loop, {args.concurrency} in flight); "
+              f"soak at {rate:.0f} req/s for {seconds:.0f} s")
+        samples: list = []
+        ok, errors = asyncio.run(open_loop(url, rate, seconds, proc.pid, samples))
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    warm = max(10.0, seconds * 0.2)
+    after = [kib for t, kib in samples if t >= warm]
+    base, last, peak = after[0], after[-1], max(after)
+    growth = (last - base) / base
+    print(f"requests ok {ok}, errors {dict(errors) or 0}; server exit code {code}")
+    print(f"RSS after warm-up ({warm:.0f} s) {base / 1024:.1f} MiB -> end {last / 1024:.1f} MiB "
+          f"(peak {peak / 1024:.1f} MiB): growth {growth * 100:+.2f}%")
+    failed = bool(errors) or growth > args.max_rss_growth or code != 0
+    print("FAIL" if failed else "PASS")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Logging: text or JSON lines, and sampled request logs.
+
+(The control-plane audit trail, with peer and token id, is security/audit.py: logger
+``tensorgate.audit``.)
+
+JSON format (``--log-format json``): one object per line with ``ts`` (UTC, ISO 8601,
+milliseconds), ``level``, ``logger``, ``msg``, plus the record's event fields (whatever
+was passed as ``extra=``), and ``exc`` with the traceback when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+request_log = logging.getLogger("tensorgate.requests")
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out = {
+            "ts": f"{ts}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(level: str, fmt: str = "text", stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+# -- sampled request logs (hot path: the caller checks REQUEST_LOG_RATIO first) --------
+
+REQUEST_LOG_RATIO = 0.0
+
+
+def set_request_log_ratio(ratio: float) -> None:
+    global REQUEST_LOG_RATIO
+    REQUEST_LOG_RATIO = ratio
+
+
+def maybe_log_request(model, request_id: str, ns: int, code: str) -> None:
+    """Log one request with probability REQUEST_LOG_RATIO (call only when it is > 0)."""
+    if random.random() >= REQUEST_LOG_RATIO:
+        return
+    request_log.info(
+        "%s %s:%s %d us", code, model.name, model.version_str, ns // 1000,
+        extra={
+            "event": "request", "model": model.name, "version": model.version_str,
+            "request_id": request_id, "duration_us": ns // 1000, "code": code,
+        },
+    )
