@@ -27,6 +27,7 @@ GENERATED = ROOT / "server" / "_proto"
 PROTO_FILES = [
     "inference/model_config.proto",
     "inference/grpc_service.proto",
+    "tensorgate/v1/control.proto",
 ]
 
 

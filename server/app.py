@@ -21,12 +21,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tensorgate._proto import POOL
 from tensorgate.dataplane import DataPlane
+from tensorgate.grpc import control as control_grpc
 from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.metrics import serve_metrics
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.repository.watch import RepositoryWatcher
+from tensorgate.routing import store as route_store
+from tensorgate.routing.manager import RouteManager
 from tensorgate.runtime import model as runtime_model
 from tensorgate.security.config import from_settings as security_from_settings
 from tensorgate.settings import Settings
@@ -94,17 +98,27 @@ async def serve(settings: Settings) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 1
-    service = InferenceService(
-        repository, DataPlane(repository, security.limits), state, security.guard
+    # Routes persist inside the repository; not inside the bundled demo repository,
+    # which is part of the installed package.
+    routes = RouteManager(
+        repository,
+        route_store.state_path(Path(root)) if settings.model_repository else None,
     )
-    server.add_generic_rpc_handlers([generic_handler(service)])
+    service = InferenceService(
+        repository, DataPlane(repository, security.limits, routes), state, security.guard
+    )
+    server.add_generic_rpc_handlers([
+        generic_handler(service),
+        control_grpc.generic_handler(control_grpc.RoutingService(routes), security.guard),
+    ])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     hooks = ModelHooks(repository, health_servicer)  # per-model health, events, logs
     repository.listeners.append(hooks)
     _register_for_reflection()
     reflection.enable_server_reflection(
-        [SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server, pool=POOL
+        [SERVICE, control_grpc.SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server,
+        pool=POOL
     )
     address = f"{settings.host}:{settings.grpc_port}"
     if security.credentials is not None:
@@ -121,7 +135,7 @@ async def serve(settings: Settings) -> int:
         try:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
-                hooks.events,
+                hooks.events, routes,
             )
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
@@ -139,6 +153,17 @@ async def serve(settings: Settings) -> int:
 
     log.info("loading models from %s", root)
     await repository.load_all(loop)
+    try:
+        restored = routes.restore()
+    except ValueError as exc:
+        log.error("%s", exc)
+        restored = 0
+    if restored:
+        log.info("restored %d route(s) from %s", restored, routes.state_file)
+    watcher = None
+    if settings.repository_poll_secs > 0:
+        watcher = RepositoryWatcher(repository, settings.repository_poll_secs)
+        watcher.start()
     state.loaded = True
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.SERVING)
     ready = [m.label for m in repository.models()]
@@ -153,6 +178,8 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: refusing new requests, %.0f s grace for accepted ones",
              settings.shutdown_grace_secs)
     state.accepting = False
+    if watcher is not None:
+        await watcher.stop()
     await health_servicer.enter_graceful_shutdown()
     # Drain before stopping grpc: server.stop() cancels calls at once (seen as CANCELLED
     # by clients, tests/e2e/test_shutdown.py), so accepted requests finish first while
@@ -160,6 +187,7 @@ async def serve(settings: Settings) -> int:
     # watches) gets a short grace.
     left = await _drain(repository, settings.shutdown_grace_secs)
     await server.stop(min(left, STREAM_GRACE_S))
+    await routes.close()
     await repository.unload_all()
     obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:

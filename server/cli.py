@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         "Every flag can also be set as TENSORGATE_<NAME> in the environment; the flag wins.",
     )
     add_arguments(serve)
+    from tensorgate import routes_cli
+
+    routes_cli.add_parser(verbs)
     return parser
 
 
@@ -42,4 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from tensorgate.app import serve
 
         return uvloop.run(serve(settings))
+    if args.verb == "routes":
+        from tensorgate import routes_cli
+
+        return routes_cli.main(args)
     return 2

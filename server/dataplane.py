@@ -24,6 +24,12 @@ from tensorgate.tensors import (
 
 _perf_ns = time.perf_counter_ns
 
+# Where a request carries its route key (the Python client sends both).
+ROUTE_KEY_PARAMETER = "route_key"
+ROUTE_KEY_HEADER = "x-tensorgate-route-key"
+# Failures a rollout blames on its candidate (not the caller's malformed requests).
+_CANDIDATE_FAULTS = frozenset(("INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN"))
+
 
 def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
     value = params.get(key)
@@ -36,18 +42,65 @@ def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
     return value
 
 
+def _header_key(context) -> str | None:
+    """The route key from gRPC metadata (read only for sticky routes)."""
+    if context is None:
+        return None
+    for item in context.invocation_metadata() or ():
+        if item[0] == ROUTE_KEY_HEADER:
+            value = item[1]
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return None
+
+
 class DataPlane:
-    def __init__(self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS, routes=None
+    ) -> None:
         self.repository = repository
         self.limits = limits
+        self.routes = routes  # a routing.manager.RouteManager, or None
 
-    async def infer(self, request, deadline: float, span=None) -> bytes:
+    async def infer(self, request, deadline: float, span=None, context=None) -> bytes:
         """Run one decoded ModelInferRequest; returns the encoded ModelInferResponse.
 
         ``deadline`` is a time.monotonic() value, 0 for none. ``span``: the request's
-        server span when it is traced (observability.tracing), else None.
+        server span when it is traced (observability.tracing), else None. ``context``:
+        the gRPC call, read only for a sticky route's key header.
         """
-        model = self.repository.resolve(request.model_name, request.model_version)
+        routes = self.routes
+        route = None
+        if routes is not None:
+            table = routes.table.routes
+            if table:
+                route = table.get(request.model_name)  # the one lookup routing costs
+        if route is None:
+            model = self.repository.resolve(request.model_name, request.model_version)
+        else:
+            if request.model_version:
+                raise InvalidArgument(
+                    f"'{request.model_name}' is a route: it picks the version itself; "
+                    "leave model_version empty (or name a model to pin a version)"
+                )
+            key = None
+            if route.sticky:
+                params = request.parameters
+                key = params.get(ROUTE_KEY_PARAMETER) if params else None
+                if key is None:
+                    key = _header_key(context)
+                elif not isinstance(key, str):
+                    key = str(key)
+            index = route.pick(key)
+            target = route.targets[index]
+            variant = route.stats[index]
+            variant.requests += 1
+            try:
+                model = self.repository.resolve(target.model, target.version)
+            except BaseException:
+                variant.failures += 1
+                if index == route.candidate:
+                    route.rollout.on_failure()
+                raise
         if span is not None:
             Tracing.describe(span, model, request.id)
         started = _perf_ns()
@@ -86,6 +139,11 @@ class DataPlane:
         except BaseException as exc:  # errors and cancellation both count as failures
             ns = _perf_ns() - started
             code = model.stats.record_failure(ns, exc)
+            if route is not None:
+                variant.failures += 1
+                variant.latency.observe(ns)
+                if index == route.candidate and code in _CANDIDATE_FAULTS:
+                    route.rollout.on_failure()
             if _logs.REQUEST_LOG_RATIO:
                 _logs.maybe_log_request(model, request.id, ns, code)
             raise
@@ -93,6 +151,10 @@ class DataPlane:
             model.leave()
         ns = _perf_ns() - started
         model.stats.record_success(ns)
+        if route is not None:
+            variant.latency.observe(ns)
+            if route.shadow is not None:
+                routes.shadows.maybe_mirror(route, arrays, rows, shape_key, outputs)
         if _logs.REQUEST_LOG_RATIO:
             _logs.maybe_log_request(model, request.id, ns, "OK")
         return body

@@ -61,6 +61,12 @@ class DeadlineExceeded(TensorGateError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class FailedPrecondition(TensorGateError):
+    """The change does not apply in the current state (e.g. a rollout is running)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unimplemented(TensorGateError):
     code = grpc.StatusCode.UNIMPLEMENTED
 

@@ -85,6 +85,14 @@ class Settings:
             "to a worker thread and back. 0 sends every request through the batcher."
         ),
     )
+    repository_poll_secs: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Poll the repository this often for new, changed and removed models and "
+            "versions (loaded and warmed up before they take traffic; removed ones drain "
+            "first); 0 = off (RepositoryModelLoad/Unload still work)."
+        ),
+    )
     shutdown_grace_secs: float = field(
         default=30.0,
         metadata=_doc("On SIGTERM/SIGINT, how long accepted requests may take to finish."),
@@ -150,6 +158,10 @@ class Settings:
             raise ValueError(f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
         if not 0 <= self.inline_max_us <= 10_000:
             raise ValueError(f"inline_max_us must be in 0..10000, got {self.inline_max_us}")
+        if not 0 <= self.repository_poll_secs <= 3600:
+            raise ValueError(
+                f"repository_poll_secs must be in 0..3600, got {self.repository_poll_secs}"
+            )
         if not 0 <= self.shutdown_grace_secs <= 3600:
             raise ValueError(
                 f"shutdown_grace_secs must be in 0..3600, got {self.shutdown_grace_secs}"

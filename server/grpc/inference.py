@@ -80,14 +80,16 @@ class InferenceService:
         span = None if tracing is None else tracing.request_span("ModelInfer", context)
         try:
             if guard is None:
-                body = await self.dataplane.infer(self._accept(data), _deadline(context), span)
+                body = await self.dataplane.infer(
+                    self._accept(data), _deadline(context), span, context
+                )
             else:
                 # Checked inline: a grpc.aio interceptor would cost a coroutine per call.
                 guard.check(context, INFER, "ModelInfer")
                 guard.enter()
                 try:
                     body = await self.dataplane.infer(
-                        self._accept(data), _deadline(context), span
+                        self._accept(data), _deadline(context), span, context
                     )
                 finally:
                     guard.leave()
@@ -127,7 +129,7 @@ class InferenceService:
                     guard.check_rate(context, principal)
                     guard.enter()
                     entered = True
-                body = await self.dataplane.infer(self._accept(data), deadline, span)
+                body = await self.dataplane.infer(self._accept(data), deadline, span, context)
                 await out.put(encode_stream_response(body))
             except asyncio.CancelledError as exc:
                 if span is not None:
@@ -170,6 +172,16 @@ class InferenceService:
 
     # -- server and model state ----------------------------------------------------
 
+    def _resolve(self, name: str, version: str):
+        """A model version for the metadata RPCs; a route name (without a version)
+        answers for its heaviest target, so clients that read metadata first work."""
+        routes = self.dataplane.routes
+        if routes is not None and not version:
+            primary = routes.primary(name)
+            if primary is not None:
+                return self.repository.resolve(*primary)
+        return self.repository.resolve(name, version)
+
     async def server_live(self, request, context):
         return pb.ServerLiveResponse(live=self.state.live)
 
@@ -184,16 +196,16 @@ class InferenceService:
     async def model_ready(self, request, context):
         # A readiness probe gets an answer, not an error: unknown models are not ready.
         try:
-            model = self.repository.resolve(request.name, request.version)
+            model = self._resolve(request.name, request.version)
         except (NotFound, Unavailable):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=model.state == READY)
 
     async def model_metadata(self, request, context):
-        model = self.repository.resolve(request.name, request.version)
+        model = self._resolve(request.name, request.version)
         versions = (
             [model.version_str]
-            if request.version
+            if request.version or model.name != request.name
             else [m.version_str for m in self.repository.versions_of(request.name)]
         )
         batch = [-1] if model.max_batch_size > 0 else []
@@ -216,7 +228,7 @@ class InferenceService:
         )
 
     async def model_config(self, request, context):
-        model = self.repository.resolve(request.name, request.version)
+        model = self._resolve(request.name, request.version)
         return pb.ModelConfigResponse(config=model.config)
 
     async def model_statistics(self, request, context):

@@ -12,8 +12,8 @@ statistics (plain integers and bucket lists, see stats.py) at scrape time.
   code, queue depth and in-flight gauges, model load/unload events and load duration.
 - Process metrics (CPU, resident memory, open files) from prometheus_client.
 
-Extension point: routes (issue: routing) will add ``route`` and ``variant`` labels to
-the per-request families; ``_labels`` is the one place labels are made.
+Routes: per route and variant families (``route``, ``variant`` labels) come from
+route_metrics.py, registered beside these when routing is on.
 """
 
 from __future__ import annotations
@@ -207,12 +207,18 @@ class _Quiet(WSGIRequestHandler):
 
 
 def serve_metrics(
-    host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None
+    host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None,
+    routes=None,
 ):
-    """Start the /metrics HTTP server in a thread; returns (server, bound port)."""
+    """Start the /metrics HTTP server in a thread; returns (server, bound port).
+    ``routes``: a RouteManager whose route and variant families are exposed too."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
+    if routes is not None:
+        from tensorgate.observability.route_metrics import RouteCollector
+
+        registry.register(RouteCollector(routes))
 
     def app(environ, start_response):
         if environ.get("PATH_INFO") == "/favicon.ico":

@@ -46,6 +46,18 @@ class Table:
     default: dict[str, ModelVersion]
 
 
+def _source_signature(model_dir: Path, version: int, parsed) -> tuple | None:
+    """(config text, model file size and mtime) of one version; None if unreadable."""
+    filename = parsed.config.default_model_filename or "model.onnx"
+    try:
+        st = (model_dir / str(version) / filename).stat()
+        config = model_dir / "config.pbtxt"
+        text = config.read_bytes() if config.exists() else b""
+    except OSError:
+        return None
+    return (text, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 class ModelRepository:
     def __init__(self, root: Path, default_max_batch_size: int, drain_timeout: float) -> None:
         self.root = root
@@ -168,20 +180,34 @@ class ModelRepository:
             raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
         current = self._loaded.get(name, {})
         new: dict[int, ModelVersion] = {}
-        for version in wanted:
+        # A version already serving from unchanged files (same config, same model file)
+        # keeps serving as it is: a reload only loads what changed.
+        sigs = {v: _source_signature(model_dir, v, parsed) for v in wanted}
+        kept = {
+            v: current[v] for v in wanted
+            if v in current and sigs[v] is not None and current[v].source_sig == sigs[v]
+        }
+        to_load = [v for v in wanted if v not in kept]
+        for version in to_load:
             entry.versions[version] = VersionState(LOADING)
-        results = await asyncio.gather(
+        loaded = await asyncio.gather(
             *(
                 asyncio.to_thread(
                     ModelVersion.load, name, v, model_dir, parsed, self._default_max_batch_size
                 )
-                for v in wanted
+                for v in to_load
             ),
             return_exceptions=True,
         )
+        by_version = dict(zip(to_load, loaded))
+        results = [kept.get(v) or by_version[v] for v in wanted]
         failures = []
         for version, result in zip(wanted, results):
+            if version in kept:
+                new[version] = result
+                continue
             if isinstance(result, ModelVersion):
+                result.source_sig = sigs[version]
                 result.start(self._loop)
                 new[version] = result
                 entry.versions[version] = VersionState(READY)
@@ -211,6 +237,8 @@ class ModelRepository:
             entry.reason = "; ".join(failures)
         self._publish()
         for version, result in zip(wanted, results):
+            if version in kept:
+                continue
             if isinstance(result, ModelVersion):
                 await self._notify("loaded", name, version=version, seconds=result.load_seconds)
             else:

@@ -37,9 +37,14 @@ from tensorgate.tensors import TensorSpec
 
 log = logging.getLogger("tensorgate.runtime")
 
-# How long one overlap of two in-flight requests counts as concurrent load for the idle
-# flush (see ModelVersion.alone).
+# How long one sign of concurrent load counts for the idle flush and inline runs (see
+# ModelVersion.alone). Signs: two requests in flight at once, or a request arriving
+# less than BUSY_GAP_S after the previous one left. Inline runs finish before the next
+# request is read, so under load they never overlap: the gap is what shows the load (a
+# closed-loop client at concurrency 1 leaves ~300 µs of client round trip between
+# requests; a loaded server reads the next request at once).
 OVERLAP_MEMORY_S = 0.05
+BUSY_GAP_S = 100e-6
 
 # A model whose batch-1 run (measured at load) takes at most this many µs runs on the
 # event loop thread when a request finds it idle (nothing queued or running, no
@@ -92,11 +97,13 @@ class ModelVersion:
         self._sessions = [session for session, _ in sessions]
         self.stats = VersionStats()
         self.load_seconds = 0.0
+        self.source_sig = None  # what it was loaded from (repository reuse on reload)
         self.state = LOADING
         self.inflight = 0
         self.run_us: float | None = None  # median batch-1 run time at load
         self.inline = False  # see INLINE_MAX_US
-        self.last_overlap = -1e9  # time.monotonic() when two requests were last in flight
+        self.last_overlap = -1e9  # time.monotonic() of the last sign of concurrent load
+        self.last_leave = -1e9  # time.monotonic() when the last request left
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher: Batcher | None = None
@@ -142,6 +149,8 @@ class ModelVersion:
             default_max_batch_size,
         )
         model = cls(name, version, config, sessions)
+        if config.model_warmup:
+            model._config_warm_up(model_dir)  # raises ModelLoadError: never takes traffic
         model.run_us = model._warm_up()
         model.inline = (
             model.run_us is not None
@@ -158,6 +167,49 @@ class ModelVersion:
             " (runs inline when idle)" if model.inline else "",
         )
         return model
+
+    def _config_warm_up(self, model_dir: Path) -> None:
+        """Run the config's ``model_warmup`` samples (Triton's semantics: zero_data,
+        random_data, or input_data_file under <model>/warmup/) on every instance; any
+        failure fails the load, so a version that cannot answer never takes traffic."""
+        rng = np.random.default_rng(0)
+        for sample in self.config.model_warmup:
+            feed = {}
+            for name, inp in sample.inputs.items():
+                spec = self.inputs.get(name)
+                if spec is None:
+                    raise ModelLoadError(f"model_warmup '{sample.name}': unknown input '{name}'")
+                dtype = BY_CONFIG[mc.DataType.Name(inp.data_type)]
+                dims = tuple(inp.dims)
+                shape = ((max(sample.batch_size, 1),) if self.max_batch_size > 0 else ()) + dims
+                which = inp.WhichOneof("input_data_type")
+                if dtype.wire == "BYTES":
+                    value = np.full(shape, b"", dtype=object)
+                elif which == "random_data":
+                    value = rng.random(shape).astype(dtype.numpy)
+                elif which == "input_data_file":
+                    path = model_dir / "warmup" / inp.input_data_file
+                    try:
+                        raw = path.read_bytes()
+                        value = np.frombuffer(raw, dtype.numpy).reshape(shape)
+                    except (OSError, ValueError) as exc:
+                        raise ModelLoadError(
+                            f"model_warmup '{sample.name}': input '{name}' from {path}: {exc}"
+                        ) from None
+                else:
+                    value = np.zeros(shape, dtype.numpy)
+                if spec.model_dims is not None:
+                    value = value.reshape(value.shape[: len(shape) - len(dims)] + spec.model_dims)
+                feed[name] = value
+            try:
+                for session in self._sessions:
+                    for _ in range(max(sample.count, 1)):
+                        session.run(self.output_names, feed)
+            except Exception as exc:  # onnxruntime's own types
+                raise ModelLoadError(
+                    f"model_warmup '{sample.name}' failed: {str(exc)[:300]}"
+                ) from None
+        log.info("%s: %d model_warmup sample(s) ran", self.label, len(self.config.model_warmup))
 
     def _warm_up(self) -> float | None:
         """Run every instance on generated batch-1 inputs (zeros; dynamic dims as 1) so
@@ -247,7 +299,7 @@ class ModelVersion:
 
     def enter(self, now: float) -> None:
         self.inflight += 1
-        if self.inflight > 1:
+        if self.inflight > 1 or now - self.last_leave < BUSY_GAP_S:
             self.last_overlap = now
         self._idle.clear()
 
@@ -267,6 +319,7 @@ class ModelVersion:
 
     def leave(self) -> None:
         self.inflight -= 1
+        self.last_leave = time.monotonic()
         if self.inflight == 0:
             self._idle.set()
 

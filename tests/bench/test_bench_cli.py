@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+# Not ``from conftest import ROOT``: when several test directories run in one pytest
+# invocation, the name ``conftest`` is whichever directory's conftest loaded last.
+ROOT = Path(__file__).resolve().parents[2]
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from e2e_support import start_server  # noqa: E402  (tests/e2e is not a package)

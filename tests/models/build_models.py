@@ -444,6 +444,50 @@ def versioned_model(name: str, version: int) -> onnx.ModelProto:
     return _add_constant(name, float(version))
 
 
+def broken_model(name: str) -> onnx.ModelProto:
+    """Same interface as versioned_model (INPUT0 [batch, 1] -> OUTPUT0 [batch, 1]) but
+    fails in onnxruntime on every input: it reshapes a [b, 1] input to [77 b, 1], which
+    no b > 0 fits, while the graph's shapes stay dynamic. Loads fine (the generated
+    warm-up inputs just fail), so a canary toward it is a deliberately broken version."""
+    factor = numpy_helper.from_array(np.array([77, 1], dtype=np.int64), "FACTOR")
+    model = _model(
+        name,
+        [
+            helper.make_node("Shape", ["INPUT0"], ["S"]),
+            helper.make_node("Mul", ["S", "FACTOR"], ["S77"]),
+            helper.make_node("Reshape", ["INPUT0", "S77"], ["OUTPUT0"]),
+        ],
+        [_vi("INPUT0", FP32, ["batch", 1])],
+        [_vi("OUTPUT0", FP32, ["batch", 1])],
+        [factor],
+    )
+    try:
+        _session(model, quiet=True).run(None, {"INPUT0": np.ones((1, 1), np.float32)})
+    except Exception:  # onnxruntime's own failure class varies between releases
+        pass
+    else:
+        raise AssertionError("broken_model must fail in onnxruntime")
+    return model
+
+
+def build_routes_repository(root: Path) -> Path:
+    """A small repository for the routing tests: ``canary`` (all versions served:
+    1 and 2 add their version to INPUT0, 3 fails on every input), ``swap`` (latest
+    version only, version 1), ``other`` (one version, INT32 inputs: incompatible)."""
+    root = Path(root)
+    for version in (1, 2):
+        _write_model(root, "canary", versioned_model("canary", version), version)
+    _write_model(root, "canary", broken_model("canary"), 3)
+    _write_config(root, "canary", _versioned_config("canary", "version_policy: { all { } }\n"))
+    _write_model(root, "swap", versioned_model("swap", 1), 1)
+    _write_config(root, "swap", _versioned_config("swap", ""))
+    int32 = next(d for d in DTYPES if d.v2 == "INT32")
+    _write_model(root, "other", _identity(int32), 1)
+    _write_config(root, "other", _identity_config(int32).replace(
+        'name: "identity_int32"', 'name: "other"'))
+    return root
+
+
 def _versioned_config(name: str, policy: str) -> str:
     return (
         f'name: "{name}"\n'
