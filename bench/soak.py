@@ -66,14 +66,17 @@ async def capacity(url: str, seconds: float, concurrency: int) -> float:
         return done / (time.monotonic() - t0)
 
 
-async def open_loop(url: str, rate: float, seconds: float, pid: int, samples: list):
+async def open_loop(url: str, rate: float, seconds: float, pid: int | None, samples: list,
+                    failures: list | None = None, body: bytes | None = None):
+    """Fixed-rate load; (ok count, errors by status). ``pid``: sample its RSS each
+    second into ``samples``; ``failures``: also collect (time offset, status, details)."""
     import grpc
 
     errors: collections.Counter = collections.Counter()
     ok = 0
     async with grpc.aio.insecure_channel(url) as ch:
         call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        body = request_bytes()
+        body = body or request_bytes()
         pending: set = set()
 
         async def one():
@@ -83,6 +86,9 @@ async def open_loop(url: str, rate: float, seconds: float, pid: int, samples: li
                 ok += 1
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
+                if failures is not None:
+                    failures.append((round(time.monotonic() - t0, 3), exc.code().name,
+                                     (exc.details() or "")[:120]))
 
         t0 = time.monotonic()
         next_sample = t0
@@ -91,7 +97,7 @@ async def open_loop(url: str, rate: float, seconds: float, pid: int, samples: li
             now = time.monotonic()
             if now - t0 >= seconds:
                 break
-            if now >= next_sample:
+            if pid is not None and now >= next_sample:
                 samples.append((now - t0, rss_kib(pid)))
                 next_sample += 1.0
             due = int((now - t0) * rate)

@@ -1,21 +1,18 @@
 """``tensorgate.v1.RoutingService``: the control plane for routes and rollouts.
 
 Served beside the inference service on the same port. Every RPC needs the admin role
-when auth is on, and leaves one audit line with its outcome. Errors reach the wire
-through the inference service's ``_abort_for``.
+when auth is on; every change leaves one audit line with its outcome (reads don't).
+The role check, audit and error mapping are the inference service's ``admin_handler``.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from tensorgate._proto.tensorgate.v1 import control_pb2 as pb
-from tensorgate.errors import TensorGateError
-from tensorgate.grpc.inference import _abort_for
+from tensorgate.grpc.inference import admin_handler
 from tensorgate.routing.manager import RouteManager
-from tensorgate.security import ADMIN, Guard, audit
+from tensorgate.security import Guard
 
 SERVICE = "tensorgate.v1.RoutingService"
 
@@ -54,6 +51,10 @@ class RoutingService:
         return pb.ListEventsResponse(events=self.m.list_events(request.route, request.limit))
 
 
+# Reads need the admin role too, but leave no audit line.
+_READ_ONLY = frozenset(("ListRoutes", "GetRoute", "ListEvents"))
+
+
 def _subject(request) -> str:
     for field in ("name", "route"):
         value = getattr(request, field, None)
@@ -62,29 +63,6 @@ def _subject(request) -> str:
     if hasattr(request, "route") and hasattr(request.route, "name"):
         return request.route.name
     return "-"
-
-
-def _admin(rpc: str, fn, guard: Guard | None):
-    async def handler(request, context):
-        try:
-            principal = guard.check(context, ADMIN, rpc) if guard is not None else None
-        except TensorGateError as exc:
-            await context.abort(exc.code, exc.message)
-        who = principal.token_id if principal is not None else "-"
-        outcome = "ok"
-        try:
-            return await fn(request, context)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except Exception as exc:
-            outcome = exc.code.name if isinstance(exc, TensorGateError) else "INTERNAL"
-            await _abort_for(exc, context, rpc)
-        finally:
-            if rpc not in ("ListRoutes", "GetRoute", "ListEvents"):
-                audit.admin_action(rpc, context.peer(), who, _subject(request), outcome)
-
-    return handler
 
 
 def generic_handler(service: RoutingService, guard: Guard | None) -> grpc.GenericRpcHandler:
@@ -102,7 +80,9 @@ def generic_handler(service: RoutingService, guard: Guard | None) -> grpc.Generi
     }
     handlers = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _admin(rpc, fn, guard),
+            admin_handler(
+                rpc, fn, guard, _subject, audited=rpc not in _READ_ONLY
+            ),
             request_deserializer=req.FromString,
             response_serializer=lambda m: m.SerializeToString(),
         )

@@ -318,7 +318,7 @@ def _guarded(
     rpc: str, fn: Callable[..., Awaitable], guard: Guard | None, role: str
 ) -> Callable[..., Awaitable]:
     if role == ADMIN:
-        return _audited(rpc, fn, guard)
+        return admin_handler(rpc, fn, guard)
 
     async def handler(request, context):
         try:
@@ -333,9 +333,20 @@ def _guarded(
     return handler
 
 
-def _audited(rpc: str, fn: Callable[..., Awaitable], guard: Guard | None):
-    """Admin RPCs: checked for the admin role; every attempt that passed the check
-    leaves one audit line with its outcome (denied ones are logged by the guard)."""
+def _model_name(request) -> str:
+    return request.model_name
+
+
+def admin_handler(
+    rpc: str,
+    fn: Callable[..., Awaitable],
+    guard: Guard | None,
+    subject: Callable[[object], str] = _model_name,
+    audited: bool = True,
+):
+    """Admin RPCs (this service's and the control plane's): checked for the admin role;
+    with ``audited``, every attempt that passed the check leaves one audit line with its
+    outcome and ``subject(request)`` (denied ones are logged by the guard)."""
 
     async def handler(request, context):
         try:
@@ -353,7 +364,8 @@ def _audited(rpc: str, fn: Callable[..., Awaitable], guard: Guard | None):
             outcome = exc.code.name if isinstance(exc, TensorGateError) else "INTERNAL"
             await _abort_for(exc, context, rpc)
         finally:
-            audit.admin_action(rpc, context.peer(), who, request.model_name, outcome)
+            if audited:
+                audit.admin_action(rpc, context.peer(), who, subject(request), outcome)
 
     return handler
 

@@ -7,6 +7,7 @@ tritonclient.grpc client for that server.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,14 @@ from e2e_support import build_models, start_server
 def test_repo(tmp_path_factory) -> Path:
     """The test model repository, built once per session (read-only for servers)."""
     return build_models.build_test_repository(tmp_path_factory.mktemp("test_repository"))
+
+
+@pytest.fixture(scope="module")
+def control_repo(test_repo, tmp_path_factory) -> Path:
+    """A private copy of the test repository for a module that changes it on disk."""
+    repo = tmp_path_factory.mktemp("private") / "repo"
+    shutil.copytree(test_repo, repo)
+    return repo
 
 
 @pytest.fixture(scope="module")

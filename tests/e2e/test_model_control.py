@@ -14,13 +14,6 @@ from e2e_support import build_models, infer_input, model_ready, start_server, st
 
 
 @pytest.fixture(scope="module")
-def control_repo(test_repo, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("control") / "repo"
-    shutil.copytree(test_repo, repo)
-    return repo
-
-
-@pytest.fixture(scope="module")
 def server(control_repo):
     with start_server(control_repo) as srv:
         yield srv

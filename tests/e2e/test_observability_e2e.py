@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import queue
 import re
-import shutil
 import threading
 import time
 import urllib.request
@@ -25,13 +24,6 @@ from e2e_support import infer_input, server_env, start_server, status_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture(scope="module")
-def control_repo(test_repo, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("observability") / "repo"
-    shutil.copytree(test_repo, repo)
-    return repo
 
 
 @pytest.fixture(scope="module")
