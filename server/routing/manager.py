@@ -21,6 +21,7 @@ from tensorgate.errors import (
     TensorGateError,
     Unavailable,
 )
+from tensorgate.routing import layout
 from tensorgate.routing import rollout as ro
 from tensorgate.routing import store
 from tensorgate.routing.shadow import ShadowRunner
@@ -31,6 +32,7 @@ from tensorgate.routing.table import (
     ShadowTarget,
     VariantStats,
     make_target,
+    target_label,
 )
 
 log = logging.getLogger("tensorgate.routing")
@@ -110,6 +112,7 @@ class RouteManager:
         spec = pb.Route()
         spec.CopyFrom(route)
         spec.ClearField("rollout")
+        spec.ClearField("key_ranges")
         current = self._specs.get(spec.name)
         if current is not None and current.rollout.state in ro.ACTIVE:
             raise FailedPrecondition(
@@ -117,8 +120,10 @@ class RouteManager:
                 "it back before changing the route"
             )
         notes = self._validate(spec, normalize)
-        if current is not None and current.HasField("rollout"):
-            spec.rollout.CopyFrom(current.rollout)  # keep the finished rollout's record
+        if current is not None:
+            if current.HasField("rollout"):
+                spec.rollout.CopyFrom(current.rollout)  # keep the finished rollout's record
+            spec.key_ranges.extend(current.key_ranges)  # _publish moves only what must move
         self._specs[spec.name] = spec
         self._publish()
         targets = ", ".join(
@@ -370,10 +375,26 @@ class RouteManager:
             shadow = ShadowTarget(s.model, s.version, s.fraction, s.atol, sstats)
         rollout = self._rollouts.get(spec.name)
         active = rollout is not None and spec.rollout.state in ro.ACTIVE and len(targets) == 2
+        ranges = [(r.start, r.target) for r in spec.key_ranges]
         return CompiledRoute(spec.name, targets, spec.sticky, stats, shadow,
-                             rollout if active else None, 1 if active else -1)
+                             rollout if active else None, 1 if active else -1, ranges)
+
+    @staticmethod
+    def _relayout(spec: pb.Route) -> None:
+        """Fit the route's sticky key ranges to its weights, moving the least key space
+        (layout.py). Kept for every route, so one made sticky later starts from a layout
+        that has followed its weights all along."""
+        ranges = [(r.start, r.target) for r in spec.key_ranges]
+        weights = [(target_label(t.model, t.version), t.weight) for t in spec.targets]
+        fitted = layout.rebalance(ranges, weights)
+        if fitted is not ranges:
+            del spec.key_ranges[:]
+            for start, label in fitted:
+                spec.key_ranges.add(start=start, target=label)
 
     def _publish(self, persist: bool = True) -> None:
+        for spec in self._specs.values():
+            self._relayout(spec)
         self.table = RouteTable({name: self._compile(s) for name, s in self._specs.items()})
         if persist:
             self._persist()

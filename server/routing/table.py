@@ -5,29 +5,25 @@ away from a ``CompiledRoute``, which picks a target:
 
 - weighted random: cumulative weights precomputed at route change, one ``random()``
   and one ``bisect`` per request;
-- sticky (a route key is present and the route is sticky): weighted rendezvous hashing
-  (highest random weight). Each target scores ``weight / -ln(u)`` with ``u`` a stable
-  hash of (target, key) in (0, 1); the key goes to the top score. Raising a target's
-  weight only moves keys onto it, lowering it only moves keys off it: a key keeps its
-  variant unless it must move. The key's BLAKE2b hash (stable across processes and
-  restarts, unlike ``hash()``) is mixed with each target's seed by splitmix64's
-  finaliser; computed only for sticky requests.
+- sticky (a route key is present and the route is sticky): the key's BLAKE2b hash
+  (stable across processes and restarts, unlike ``hash()``) is a point in the route's
+  key space, and one ``bisect`` over the route's key ranges (layout.py) names its
+  target. The manager keeps those ranges across weight changes so that a key keeps its
+  variant unless it must move; computed only for sticky requests.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from bisect import bisect_right
 from dataclasses import dataclass
 from hashlib import blake2b
 
 from tensorgate.observability.stats import Buckets, LATENCY_BOUNDS_NS
+from tensorgate.routing import layout
 
 _random = random.random
-_log = math.log
-_TWO64 = float(1 << 64)
-_MASK = (1 << 64) - 1
+_HASH_SHIFT = 64 - layout.SPACE.bit_length() + 1  # a 64-bit hash to a point in SPACE
 
 
 class VariantStats:
@@ -68,8 +64,7 @@ class Target:
     model: str
     version: str  # "" = the model's default version
     weight: float  # percent
-    label: str  # "model:version" (or "model:default"), the metrics' variant label
-    seed: int  # 64-bit seed of rendezvous scores, from the target's label
+    label: str  # "model:version" (or "model:default"): metrics' variant, key ranges' owner
 
 
 @dataclass(frozen=True)
@@ -86,11 +81,14 @@ class CompiledRoute:
     one); the stats objects are shared with the previous compilation of the route."""
 
     __slots__ = ("name", "targets", "cum", "sticky", "stats", "shadow", "rollout",
-                 "candidate")
+                 "candidate", "range_starts", "range_targets")
 
     def __init__(self, name: str, targets: list[Target], sticky: bool,
                  stats: list[VariantStats], shadow: ShadowTarget | None,
-                 rollout=None, candidate: int = -1) -> None:
+                 rollout=None, candidate: int = -1,
+                 key_ranges: layout.Ranges | None = None) -> None:
+        """``key_ranges``: the sticky layout the manager keeps for this route; None
+        lays the key space out afresh from the weights."""
         live = [t for t in targets if t.weight > 0]
         total = sum(t.weight for t in live) or 1.0
         self.name = name
@@ -111,6 +109,11 @@ class CompiledRoute:
         self.shadow = shadow
         self.rollout = rollout  # the Rollout driving this route's weights, or None
         self.candidate = candidate  # index of the rollout candidate in targets, or -1
+        if key_ranges is None:
+            key_ranges = layout.rebalance([], [(t.label, t.weight) for t in targets])
+        index = {t.label: i for i, t in enumerate(targets)}
+        self.range_starts = tuple(start for start, _ in key_ranges)
+        self.range_targets = tuple(index[label] for _, label in key_ranges)
 
     def pick(self, key: str | None) -> int:
         """The index of the target this request goes to."""
@@ -124,29 +127,15 @@ class CompiledRoute:
         hk = int.from_bytes(
             blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
         )
-        best = -1.0
-        chosen = 0
-        for i, t in enumerate(self.targets):
-            if t.weight <= 0:
-                continue
-            # splitmix64's finaliser of (key hash ^ target seed): a per-target uniform
-            # 64-bit value from one BLAKE2b per request, whatever the number of targets.
-            x = hk ^ t.seed
-            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-            x ^= x >> 31
-            score = t.weight / -_log((x + 0.5) / _TWO64)
-            if score > best:
-                best, chosen = score, i
-        return chosen
+        return self.range_targets[bisect_right(self.range_starts, hk >> _HASH_SHIFT) - 1]
 
 
 def make_target(model: str, version: str, weight: float) -> Target:
-    label = f"{model}:{version or 'default'}"
-    # The hash key names the model and version, not the weight: a key's score for a
-    # target changes only with the weight, which is what makes moves minimal.
-    seed = int.from_bytes(blake2b(label.encode(), digest_size=8).digest(), "little")
-    return Target(model, version, float(weight), label, seed)
+    return Target(model, version, float(weight), target_label(model, version))
+
+
+def target_label(model: str, version: str) -> str:
+    return f"{model}:{version or 'default'}"
 
 
 @dataclass(frozen=True)
