@@ -28,6 +28,7 @@ from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.metrics import serve_metrics
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.runtime import heap
 from tensorgate.repository.watch import RepositoryWatcher
 from tensorgate.routing import store as route_store
 from tensorgate.routing.manager import RouteManager
@@ -77,6 +78,25 @@ async def _set_health(servicer, repository: ModelRepository, status) -> None:
         await servicer.set(model.name, status)
 
 
+def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
+    max_bytes = settings.max_message_mb * 1024 * 1024
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    # grpc.aio takes calls from grpc core one event-loop turn at a time; those not taken
+    # yet wait in core, which sheds new ones (the client sees CANCELLED, sent before any
+    # of our code runs: issue #8) once that backlog passes these limits.
+    if settings.max_pending_calls > 0:
+        hard = settings.max_pending_calls
+        options += [
+            ("grpc.server.max_pending_requests", max(1, hard // 3)),
+            ("grpc.server.max_pending_requests_hard_limit", hard),
+        ]
+    return options
+
+
 async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     runtime_model.INLINE_MAX_US = settings.inline_max_us
@@ -85,14 +105,7 @@ async def serve(settings: Settings) -> int:
         Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs
     )
     state = ServerState(repository, settings.strict_readiness)
-    max_bytes = settings.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=grpc_server_options(settings))
     try:
         security = security_from_settings(settings)
     except ValueError as exc:
@@ -165,6 +178,9 @@ async def serve(settings: Settings) -> int:
         watcher = RepositoryWatcher(repository, settings.repository_poll_secs)
         watcher.start()
     state.loaded = True
+    if settings.gc_freeze:
+        heap.freeze()  # once everything loaded; each later repository change freezes again
+        repository.listeners.append(heap.HeapFreezer())
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.SERVING)
     ready = [m.label for m in repository.models()]
     log.info(

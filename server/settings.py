@@ -131,6 +131,25 @@ class Settings:
         default=0,
         metadata=_doc("Server-wide cap on inference requests in flight (more: shed); 0 = off."),
     )
+    gc_freeze: bool = field(
+        default=True,
+        metadata=_doc(
+            "Freeze the heap once models are loaded (and again after each repository "
+            "change), so the garbage collector stops walking long-lived objects on the "
+            "request path; false: Python's default collection."
+        ),
+    )
+    max_pending_calls: int = field(
+        default=0,
+        metadata=_doc(
+            "Calls grpc core may hold before the server's event loop accepts them: past "
+            "a third of this many, new calls are shed at random, at this many all of "
+            "them, as CANCELLED before they reach TensorGate (grpc's "
+            "grpc.server.max_pending_requests[_hard_limit]). Lower: shorter waits under "
+            "overload, but bursts of concurrency above it are shed too; 0 = grpc's "
+            "default (3000, random shedding from 1000)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "metrics_port"):
@@ -174,6 +193,7 @@ class Settings:
             ("rate_limit_rps", 1e9), ("rate_limit_burst", 1 << 30),
             ("max_tensor_elements", 1 << 62), ("max_bytes_element", 1 << 31),
             ("max_inflight", 1 << 30),
+            ("max_pending_calls", 1 << 30),
         ):
             if not 0 <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in 0..{high:g}, got {getattr(self, name)}")

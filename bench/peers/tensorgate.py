@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ from bench.peers.base import PeerServer
 # The interpreter of the environment TensorGate is installed in; the harness may run
 # elsewhere (e.g. to compare an installed release against a checkout).
 PYTHON_ENV = "TENSORGATE_PYTHON"
+# Extra `tensorgate serve` flags, e.g. TENSORGATE_ARGS="--gc-freeze false", to compare
+# TensorGate against itself with one setting changed.
+ARGS_ENV = "TENSORGATE_ARGS"
 
 
 def _python() -> str:
@@ -40,6 +44,7 @@ class TensorGatePeer(PeerServer):
             "--grpc-port", "0",
             "--metrics-port", "-1",
             "--host", "127.0.0.1",
+            *shlex.split(os.environ.get(ARGS_ENV, "")),
         ])
         match = self._wait_for_line(r"ready grpc=(\S+):(\d+)", deadline)
         return f"{match.group(1)}:{match.group(2)}"

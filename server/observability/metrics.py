@@ -18,6 +18,7 @@ route_metrics.py, registered beside these when routing is on.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -201,6 +202,42 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return _TRITON_COUNTER_META.sub(rb"# \1 \2 ", generate_latest(registry))
 
 
+class TransportCollector:
+    """grpc core's own call counters for this process's gRPC server, from channelz.
+
+    Calls that grpc core sheds before the event loop accepts them (its backlog of
+    unaccepted calls is full; the client sees CANCELLED) never reach the per-model
+    statistics above: here they are calls started that neither succeeded nor failed
+    and are no longer in progress (issue #8).
+    """
+
+    def collect(self):
+        started = succeeded = failed = 0
+        try:
+            from grpc._cython import cygrpc  # channelz has no public Python API
+
+            for server in json.loads(cygrpc.channelz_get_servers(0)).get("server", ()):
+                data = server.get("data", {})
+                started += int(data.get("callsStarted", 0))
+                succeeded += int(data.get("callsSucceeded", 0))
+                failed += int(data.get("callsFailed", 0))
+        except Exception:  # channelz off or its JSON changed: no transport families
+            return
+        for name, doc, value in (
+            ("tensorgate_grpc_calls_started", "Calls grpc core received, every RPC", started),
+            ("tensorgate_grpc_calls_succeeded", "Calls that ended with status OK", succeeded),
+            ("tensorgate_grpc_calls_failed",
+             "Calls that ended with a status other than OK sent by the server", failed),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "tensorgate_grpc_calls_unfinished",
+            "Calls started that neither succeeded nor failed: in progress, or shed by grpc "
+            "core before the server accepted them (clients see CANCELLED)",
+            value=started - succeeded - failed,
+        )
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - no access log per scrape
         pass
@@ -215,6 +252,7 @@ def serve_metrics(
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
+    registry.register(TransportCollector())
     if routes is not None:
         from tensorgate.observability.route_metrics import RouteCollector
 
