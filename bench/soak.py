@@ -142,11 +142,14 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity")
     ap.add_argument("--concurrency", type=int, default=32, help="for the capacity probe")
     ap.add_argument("--max-rss-growth", type=float, default=0.05)
+    ap.add_argument("--rss-log", help="write the RSS samples (seconds, KiB) to this CSV")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra `tensorgate serve` flag (repeat), e.g. --serve-arg=--gc-freeze=false")
     args = ap.parse_args()
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0", "--metrics-port",
-         "0"],
+         "0", *args.serve_arg],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = metrics = ""
@@ -174,7 +177,14 @@ def main() -> int:
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(60)
     warm = max(10.0, seconds * 0.2)
+    if args.rss_log:
+        with open(args.rss_log, "w") as f:
+            f.write("seconds,rss_kib\n")
+            f.writelines(f"{t:.1f},{kib}\n" for t, kib in samples)
     after = [kib for t, kib in samples if t >= warm]
+    tenth = max(1, len(after) // 10)
+    print("RSS MiB every tenth of the run after warm-up: "
+          + " ".join(f"{kib / 1024:.1f}" for kib in after[::tenth]))
     base, last, peak = after[0], after[-1], max(after)
     growth = (last - base) / base
     print(f"requests ok {ok}, errors {dict(errors) or 0}; server exit code {code}")

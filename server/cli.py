@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         from tensorgate.observability.logs import configure
 
         configure(settings.log_level, settings.log_format)
+        from tensorgate.runtime.heap import limit_malloc_arenas
+
+        limit_malloc_arenas()  # before grpc, ONNX Runtime and the workers start threads
         import uvloop
 
         from tensorgate.app import serve

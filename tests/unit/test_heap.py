@@ -36,3 +36,13 @@ def test_freeze_then_change_frees_cycles_that_died_since():
         asyncio.run(heap.HeapFreezer()("unloading", "m"))  # not a change: no work
     finally:
         gc.unfreeze()
+
+
+def test_malloc_arena_cap_defers_to_the_environment(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert heap.limit_malloc_arenas() is False  # the operator's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert heap.limit_malloc_arenas() is True
