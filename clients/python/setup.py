@@ -14,9 +14,6 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # protogen.py lives beside this file
-import protogen  # noqa: E402
-
 PROTO_ROOT = HERE.parent.parent / "proto"
 GENERATED = HERE / "tensorgate_client" / "_proto"
 
@@ -24,6 +21,9 @@ GENERATED = HERE / "tensorgate_client" / "_proto"
 def generate() -> None:
     if not PROTO_ROOT.is_dir():
         raise SystemExit(f"tensorgate-client build: {PROTO_ROOT} not found (build from a checkout)")
+    sys.path.insert(0, str(PROTO_ROOT))  # proto/protogen.py, shared with the server's build
+    import protogen
+
     protogen.generate(PROTO_ROOT, GENERATED, "tensorgate_client._proto")
 
 

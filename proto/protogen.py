@@ -1,7 +1,8 @@
 """Generate Python protobuf/gRPC code from proto/ into a package with a private pool.
 
-A build helper (used by this directory's setup.py), written to serve any package in the
-repository: ``generate(proto_root, out_dir, package)``. grpcio-tools writes absolute
+The build helper of both packages: the server's setup.py compiles into
+``tensorgate._proto``, clients/python/setup.py into ``tensorgate_client._proto``, with
+``generate(proto_root, out_dir, package)``. grpcio-tools writes absolute
 imports (``from inference import model_config_pb2``) and registers descriptors in
 protobuf's default pool; ``rewrite`` makes each module import its siblings through
 ``package`` and register into ``package.POOL`` instead, so a process can import this
