@@ -30,7 +30,7 @@ READY_RE = re.compile(r"ready grpc=([\d.]+):(\d+) metrics=([\d.]+):(\d+)")
 # A call grpc core sheds before the server's event loop accepts it (its backlog of
 # unaccepted calls is full: the server is past capacity at that moment, e.g. on a
 # shared machine) ends CANCELLED within milliseconds; reported apart from errors the
-# server's code answered (DESIGN.md, status table).
+# server's code answered (README, the Errors table).
 SHED_WITHIN_S = 0.05
 SHED = "SHED_BY_GRPC_CORE"
 

@@ -28,10 +28,10 @@ from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.metrics import serve_metrics
 from tensorgate.repository.manager import ModelRepository
-from tensorgate.runtime import heap
 from tensorgate.repository.watch import RepositoryWatcher
 from tensorgate.routing import store as route_store
 from tensorgate.routing.manager import RouteManager
+from tensorgate.runtime import heap
 from tensorgate.runtime import model as runtime_model
 from tensorgate.security.config import from_settings as security_from_settings
 from tensorgate.settings import Settings

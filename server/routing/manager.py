@@ -356,7 +356,7 @@ class RouteManager:
         self._check_compatible(name, models)
         return notes
 
-    def _compile(self, spec: pb.Route) -> CompiledRoute:
+    def _compile(self, spec: pb.Route, key_ranges: layout.Ranges) -> CompiledRoute:
         targets = [make_target(t.model, t.version, t.weight) for t in spec.targets]
         stats = []
         for t in targets:
@@ -368,22 +368,21 @@ class RouteManager:
         shadow = None
         if spec.HasField("shadow") and spec.shadow.fraction > 0:
             s = spec.shadow
-            key = (spec.name, make_target(s.model, s.version, 0).label)
+            key = (spec.name, target_label(s.model, s.version))
             sstats = self._shadow_stats.get(key)
             if sstats is None:
                 sstats = self._shadow_stats[key] = ShadowStats()
             shadow = ShadowTarget(s.model, s.version, s.fraction, s.atol, sstats)
         rollout = self._rollouts.get(spec.name)
         active = rollout is not None and spec.rollout.state in ro.ACTIVE and len(targets) == 2
-        ranges = [(r.start, r.target) for r in spec.key_ranges]
         return CompiledRoute(spec.name, targets, spec.sticky, stats, shadow,
-                             rollout if active else None, 1 if active else -1, ranges)
+                             rollout if active else None, 1 if active else -1, key_ranges)
 
     @staticmethod
-    def _relayout(spec: pb.Route) -> None:
+    def _relayout(spec: pb.Route) -> layout.Ranges:
         """Fit the route's sticky key ranges to its weights, moving the least key space
-        (layout.py). Kept for every route, so one made sticky later starts from a layout
-        that has followed its weights all along."""
+        (layout.py), and return them. Kept for every route, so one made sticky later
+        starts from a layout that has followed its weights all along."""
         ranges = [(r.start, r.target) for r in spec.key_ranges]
         weights = [(target_label(t.model, t.version), t.weight) for t in spec.targets]
         fitted = layout.rebalance(ranges, weights)
@@ -391,11 +390,12 @@ class RouteManager:
             del spec.key_ranges[:]
             for start, label in fitted:
                 spec.key_ranges.add(start=start, target=label)
+        return fitted
 
     def _publish(self, persist: bool = True) -> None:
-        for spec in self._specs.values():
-            self._relayout(spec)
-        self.table = RouteTable({name: self._compile(s) for name, s in self._specs.items()})
+        self.table = RouteTable({
+            name: self._compile(spec, self._relayout(spec)) for name, spec in self._specs.items()
+        })
         if persist:
             self._persist()
 

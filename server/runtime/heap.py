@@ -1,4 +1,4 @@
-"""The cyclic garbage collector against a server's long-lived heap.
+"""The server process's heap: the cyclic garbage collector and glibc malloc's arenas.
 
 Once the models are loaded the process holds hundreds of thousands of objects that live
 as long as it does: ONNX Runtime's bindings, numpy, protobuf descriptors, grpc, the
