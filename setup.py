@@ -3,6 +3,10 @@
 Both are produced by every build (wheel, sdist install, ``pip install -e .``); an
 install that cannot produce them fails loudly instead of falling back to slower code.
 
+The native gRPC front end (ext/frontend.pyx over ext/native/, C++) links grpc++ as
+found by pkg-config (Debian: libgrpc++-dev). Where grpc++ is missing it is left out with
+a warning and the server runs on its grpc.aio front end alone (``--frontend``).
+
 Switches (environment variables, as in asyncpg's and uvloop's setup.py):
   TENSORGATE_CYTHON_ANNOTATE=1   write ext/*.html annotation reports
   TENSORGATE_DEBUG=1             keep Cython's bounds checks and asserts on (debug build)
@@ -64,11 +68,47 @@ def extensions() -> list:
         )
         for name in ("codec", "batcher")
     ]
+    native = native_frontend(macros, compile_args)
+    if native is not None:
+        exts.append(native)
     return cythonize(
         exts,
         compiler_directives=directives,
         annotate=os.environ.get("TENSORGATE_CYTHON_ANNOTATE") == "1",
         force=True,
+    )
+
+
+def native_frontend(macros: list, compile_args: list):
+    """The grpc++ front end's extension, or None (with a warning) without grpc++."""
+    import shlex
+    import subprocess
+
+    try:
+        flags = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", "grpc++"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        print(
+            "WARNING: grpc++ not found by pkg-config (Debian: apt-get install "
+            "libgrpc++-dev pkg-config); building without the native front end",
+            file=sys.stderr,
+        )
+        return None
+    words = shlex.split(flags)
+    return Extension(
+        "tensorgate._ext.frontend",
+        sources=["ext/frontend.pyx", "ext/native/frontend.cpp"],
+        include_dirs=["ext"] + [w[2:] for w in words if w.startswith("-I")],
+        define_macros=macros + [
+            tuple((w[2:].split("=", 1) + [None])[:2]) for w in words if w.startswith("-D")
+        ],
+        library_dirs=[w[2:] for w in words if w.startswith("-L")],
+        libraries=[w[2:] for w in words if w.startswith("-l")],
+        extra_link_args=[w for w in words if w.startswith("-Wl,")],
+        extra_compile_args=compile_args + ["-std=c++17"],
+        language="c++",
     )
 
 

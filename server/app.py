@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import time
 from importlib import resources
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tensorgate._proto import POOL
 from tensorgate.dataplane import DataPlane
 from tensorgate.grpc import control as control_grpc
+from tensorgate.grpc import native as native_grpc
 from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import tracing as obs_tracing
@@ -134,11 +136,32 @@ async def serve(settings: Settings) -> int:
         pool=POOL
     )
     address = f"{settings.host}:{settings.grpc_port}"
-    if security.credentials is not None:
+    frontend = dispatcher = backend_dir = None
+    use_native = settings.frontend == "native" or (
+        settings.frontend == "auto" and native_grpc.available()
+    )
+    if use_native and not native_grpc.available():
+        log.error("--frontend native: this build has no native front end (grpc++ was not "
+                  "found when it was built; see setup.py)")
+        return 1
+    if use_native:
+        backend, backend_dir = native_grpc.backend_address()
+        if server.add_insecure_port(backend) == 0:
+            log.error("cannot listen on %s", backend)
+            return 1
+        try:
+            frontend = native_grpc.open_frontend(address, backend, settings, security.tls)
+        except RuntimeError as exc:
+            log.error("cannot listen on %s:%d (%s)", settings.host, settings.grpc_port, exc)
+            return 1
+        grpc_port = frontend.port
+        dispatcher = native_grpc.NativeInferDispatcher(frontend, service)
+    elif security.credentials is not None:
         grpc_port = server.add_secure_port(address, security.credentials)
     else:
         grpc_port = server.add_insecure_port(address)
-    log.info("gRPC security: %s", security.summary)
+    log.info("gRPC security: %s; front end: %s", security.summary,
+             "native (grpc++)" if frontend is not None else "grpc.aio")
     if grpc_port == 0:
         log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
         return 1
@@ -148,16 +171,21 @@ async def serve(settings: Settings) -> int:
         try:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
-                hooks.events, routes,
+                hooks.events, routes, frontend,
             )
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
+            if frontend is not None:
+                frontend.shutdown(0.0)  # nothing was served yet
+                shutil.rmtree(backend_dir, ignore_errors=True)
             return 1
     obs_logs.set_request_log_ratio(settings.request_log_sample_ratio)
     obs_tracing.install(
         settings.trace_exporter, settings.trace_sample_ratio, settings.otlp_endpoint
     )
     await server.start()
+    if dispatcher is not None:
+        dispatcher.start(loop)
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     stop = asyncio.Event()
@@ -202,7 +230,14 @@ async def serve(settings: Settings) -> int:
     # new ones are answered UNAVAILABLE; then what is left (idle streams, health
     # watches) gets a short grace.
     left = await _drain(repository, settings.shutdown_grace_secs)
+    if frontend is not None:
+        # grpc++ first (it relays to grpc.aio until its last call ended); it blocks
+        # until then, so off the loop, which answers the ModelInfer calls it still holds.
+        await loop.run_in_executor(None, frontend.shutdown, min(left, STREAM_GRACE_S))
+        dispatcher.stop_watching()
     await server.stop(min(left, STREAM_GRACE_S))
+    if backend_dir is not None:
+        shutil.rmtree(backend_dir, ignore_errors=True)
     await routes.close()
     await repository.unload_all()
     obs_tracing.uninstall()  # flushes the spans still buffered

@@ -15,6 +15,7 @@ from typing import Any
 
 ENV_PREFIX = "TENSORGATE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FRONTENDS = ("auto", "native", "grpcio")
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -139,6 +140,15 @@ class Settings:
             "request path; false: Python's default collection."
         ),
     )
+    frontend: str = field(
+        default="auto",
+        metadata=_doc(
+            "Who owns the gRPC port: native (grpc++ in C++ threads; ModelInfer goes to "
+            "Python in batches, every other RPC is relayed to grpc.aio on a private "
+            "socket), grpcio (grpc.aio serves everything), or auto (native when it was "
+            "built, see setup.py)."
+        ),
+    )
     max_pending_calls: int = field(
         default=0,
         metadata=_doc(
@@ -147,7 +157,9 @@ class Settings:
             "them, as CANCELLED before they reach TensorGate (grpc's "
             "grpc.server.max_pending_requests[_hard_limit]). Lower: shorter waits under "
             "overload, but bursts of concurrency above it are shed too; 0 = grpc's "
-            "default (3000, random shedding from 1000)."
+            "default (3000, random shedding from 1000). With the native front end: "
+            "ModelInfer calls that may wait for the event loop, the rest answered "
+            "RESOURCE_EXHAUSTED at once (0 = 3000)."
         ),
     )
 
@@ -161,6 +173,8 @@ class Settings:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
         if self.trace_exporter not in ("none", "console", "otlp"):
             raise ValueError(
                 f"trace_exporter must be none, console or otlp, got {self.trace_exporter!r}"

@@ -25,6 +25,7 @@ from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
 from tensorgate.security import ADMIN, INFER, Guard, audit
+from tensorgate.security.guard import caller_peer
 
 log = logging.getLogger("tensorgate.grpc")
 
@@ -365,7 +366,7 @@ def admin_handler(
             await _abort_for(exc, context, rpc)
         finally:
             if audited:
-                audit.admin_action(rpc, context.peer(), who, subject(request), outcome)
+                audit.admin_action(rpc, caller_peer(context), who, subject(request), outcome)
 
     return handler
 

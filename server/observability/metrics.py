@@ -238,6 +238,37 @@ class TransportCollector:
         )
 
 
+class NativeFrontendCollector:
+    """The native front end's own counters (grpc++ owns the port; grpc core's counters
+    above then count only the calls it relays to grpc.aio)."""
+
+    def __init__(self, frontend) -> None:
+        self.frontend = frontend
+
+    def collect(self):
+        s = self.frontend.stats()
+        for name, doc, value in (
+            ("tensorgate_native_infer_calls", "ModelInfer calls the native front end read",
+             s["infer_started"]),
+            ("tensorgate_native_infer_shed",
+             "ModelInfer calls answered RESOURCE_EXHAUSTED at once because too many waited "
+             "for the event loop (--max-pending-calls)", s["infer_shed"]),
+            ("tensorgate_native_relayed_calls",
+             "Calls of every other RPC relayed to the grpc.aio server", s["relayed_started"]),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "tensorgate_native_infer_waiting",
+            "ModelInfer calls read by grpc++ and waiting for the event loop",
+            value=s["infer_waiting"],
+        )
+        yield GaugeMetricFamily(
+            "tensorgate_native_infer_in_python",
+            "ModelInfer calls the event loop holds and has not answered yet",
+            value=s["infer_with_python"],
+        )
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - no access log per scrape
         pass
@@ -245,14 +276,17 @@ class _Quiet(WSGIRequestHandler):
 
 def serve_metrics(
     host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None,
-    routes=None,
+    routes=None, frontend=None,
 ):
     """Start the /metrics HTTP server in a thread; returns (server, bound port).
-    ``routes``: a RouteManager whose route and variant families are exposed too."""
+    ``routes``: a RouteManager whose route and variant families are exposed too;
+    ``frontend``: the native front end, whose counters are exposed too."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
     registry.register(TransportCollector())
+    if frontend is not None:
+        registry.register(NativeFrontendCollector(frontend))
     if routes is not None:
         from tensorgate.observability.route_metrics import RouteCollector
 

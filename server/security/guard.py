@@ -15,6 +15,22 @@ from tensorgate.security.ratelimit import RateLimiter
 _BEARER = "bearer "
 
 
+# The native front end relays non-ModelInfer calls to grpc.aio over a private Unix
+# socket and names the caller in this header (grpc++ drops any copy a caller sends).
+PEER_HEADER = "x-tensorgate-peer"
+
+
+def caller_peer(context) -> str:
+    """The caller's address: the relay's header for calls from the native front end's
+    private socket, else the transport's own."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        for key, value in context.invocation_metadata() or ():
+            if key == PEER_HEADER:
+                return value
+    return peer
+
+
 def peer_host(peer: str) -> str:
     """``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7`` (one bucket per host, not per port)."""
     head, sep, tail = peer.rpartition(":")
@@ -54,7 +70,7 @@ class Guard:
         if self.tokens is not None:
             principal = self._authenticate(context, rpc)
             if role not in principal.roles:
-                audit.denied(rpc, context.peer(), principal.token_id, f"needs role {role}")
+                audit.denied(rpc, caller_peer(context), principal.token_id, f"needs role {role}")
                 raise PermissionDenied(f"{rpc} needs the '{role}' role, which this token lacks")
         if self.limiter is not None:
             self.check_rate(context, principal)
@@ -65,7 +81,7 @@ class Guard:
         limiter = self.limiter
         if limiter is None:
             return
-        key = principal.token_id if principal is not None else peer_host(context.peer())
+        key = principal.token_id if principal is not None else peer_host(caller_peer(context))
         if not limiter.allow(key):
             raise ResourceExhausted(
                 f"rate limit exceeded: this client may send {limiter.describe()} "
@@ -83,7 +99,7 @@ class Guard:
                     token = value[7:].strip()
                 break
         if not token:
-            audit.denied(rpc, context.peer(), "-", "no bearer token")
+            audit.denied(rpc, caller_peer(context), "-", "no bearer token")
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <token>'"
             )
@@ -93,7 +109,7 @@ class Guard:
             else None
         )
         if principal is None:
-            audit.denied(rpc, context.peer(), token_id(token), "unknown token")
+            audit.denied(rpc, caller_peer(context), token_id(token), "unknown token")
             raise Unauthenticated("invalid credentials: the bearer token is not known")
         return principal
 

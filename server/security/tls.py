@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,16 +18,28 @@ def _read(path: Path, what: str) -> bytes:
     return data
 
 
-def server_credentials(
-    cert: Path, key: Path, client_ca: Path | None = None
-) -> grpc.ServerCredentials:
-    """Server certificate chain + key; with ``client_ca``, clients must present a
+@dataclass(frozen=True)
+class TlsKeys:
+    """PEM bytes for the gRPC port; with ``client_ca``, clients must present a
     certificate signed by it (mutual TLS)."""
-    chain = _read(cert, "certificate")
-    private = _read(key, "key")
-    root = _read(client_ca, "client CA") if client_ca is not None else None
+
+    chain: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def read(cls, cert: Path, key: Path, client_ca: Path | None = None) -> "TlsKeys":
+        return cls(
+            _read(cert, "certificate"),
+            _read(key, "key"),
+            _read(client_ca, "client CA") if client_ca is not None else None,
+        )
+
+
+def server_credentials(keys: TlsKeys) -> grpc.ServerCredentials:
+    """grpc.aio's credentials for ``keys`` (the native front end takes the PEMs)."""
     return grpc.ssl_server_credentials(
-        [(private, chain)],
-        root_certificates=root,
-        require_client_auth=root is not None,
+        [(keys.key, keys.chain)],
+        root_certificates=keys.client_ca,
+        require_client_auth=keys.client_ca is not None,
     )

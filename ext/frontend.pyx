@@ -1,0 +1,213 @@
+# cython: language_level=3
+# distutils: language = c++
+"""Python face of the native gRPC front end (ext/native/frontend.h says what and why).
+
+``NativeFrontend`` listens on the public port with grpc++. The event loop watches its
+``fileno()`` and calls ``drain()`` when it is readable: every ModelInfer call that arrived
+meanwhile comes back as a ``NativeCall``, which also plays the part of the grpc.aio
+servicer context that the inference handler reads (metadata, peer, deadline, abort).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+from libcpp cimport bool as cbool
+from libcpp.pair cimport pair
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+
+cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
+    cdef cppclass FrontendConfig:
+        string address, backend, infer_method
+        int max_receive_bytes, max_send_bytes, max_waiting
+        cbool tls, require_client_cert
+        string cert_chain_pem, private_key_pem, client_ca_pem
+
+    cdef cppclass InferCall:
+        uint64_t id()
+        size_t request_size()
+        void copy_request(char* dst)
+        double time_remaining(cbool* has_deadline)
+        string peer()
+        void metadata(vector[pair[string, string]]* out)
+        void Complete(const char* data, size_t size)
+        void Fail(int code, const string& message)
+
+    cdef cppclass FrontendStats:
+        uint64_t infer_started, infer_shed, relayed_started, infer_waiting
+        uint64_t infer_with_python
+
+    cdef cppclass Frontend:
+        Frontend(const FrontendConfig&) except +
+        int port()
+        int event_fd()
+        void Drain(vector[InferCall*]* calls, vector[uint64_t]* cancelled)
+        void Shutdown(double grace_s)
+        FrontendStats stats()
+
+
+class NativeAbort(Exception):
+    """Raised by ``NativeCall.abort``: the call ends with this status and message."""
+
+    def __init__(self, code: int, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+
+
+cdef int _CANCELLED = 1
+cdef int _INTERNAL = 13
+
+
+cdef class NativeCall:
+    """One ModelInfer call, held by Python until ``finish`` or ``fail`` answers it."""
+
+    cdef InferCall* _call
+    cdef readonly uint64_t id
+    cdef readonly bytes data  # the serialized ModelInferRequest
+    cdef object _metadata
+
+    def invocation_metadata(self):
+        """(key, value) pairs as grpc.aio gives them: str values, bytes for -bin keys."""
+        cdef vector[pair[string, string]] items
+        cdef size_t i
+        if self._metadata is None:
+            if self._call == NULL:
+                return ()
+            self._call.metadata(&items)
+            out = []
+            for i in range(items.size()):
+                key = items[i].first.decode("latin-1")
+                if key.endswith("-bin"):
+                    out.append((key, <bytes>items[i].second))
+                else:
+                    out.append((key, items[i].second.decode("utf-8", "replace")))
+            self._metadata = tuple(out)
+        return self._metadata
+
+    def peer(self) -> str:
+        if self._call == NULL:
+            return ""
+        return self._call.peer().decode("utf-8", "replace")
+
+    def time_remaining(self):
+        """Seconds to the caller's deadline, None without one (as grpc.aio)."""
+        cdef cbool has_deadline = False
+        cdef double left
+        if self._call == NULL:
+            return 0.0
+        left = self._call.time_remaining(&has_deadline)
+        return left if has_deadline else None
+
+    def abort(self, code, details: str):
+        """As grpc.aio's ``context.abort``: raises, so the handler stops here."""
+        raise NativeAbort(code.value[0], details)
+
+    def finish(self, bytes body not None):
+        """Answers OK with ``body`` (a serialized ModelInferResponse)."""
+        cdef InferCall* call = self._call
+        cdef const char* data = PyBytes_AS_STRING(body)
+        cdef size_t size = PyBytes_GET_SIZE(body)
+        if call == NULL:
+            return
+        self._call = NULL  # grpc++ may free it as soon as it is answered
+        with nogil:
+            call.Complete(data, size)
+
+    def fail(self, int code, str message):
+        cdef InferCall* call = self._call
+        cdef string text = message.encode("utf-8", "replace")
+        if call == NULL:
+            return
+        self._call = NULL
+        with nogil:
+            call.Fail(code, text)
+
+    def __dealloc__(self):
+        # Never leave a call unanswered: grpc++ would wait for it forever.
+        if self._call != NULL:
+            self._call.Fail(_INTERNAL, b"ModelInfer: the server dropped the call")
+            self._call = NULL
+
+
+cdef NativeCall _wrap(InferCall* call):
+    cdef NativeCall wrapped = NativeCall.__new__(NativeCall)
+    cdef size_t size = call.request_size()
+    cdef bytes data = PyBytes_FromStringAndSize(NULL, size)
+    call.copy_request(PyBytes_AS_STRING(data))
+    wrapped._call = call
+    wrapped.id = call.id()
+    wrapped.data = data
+    return wrapped
+
+
+cdef class NativeFrontend:
+    """grpc++ on ``address``; ModelInfer to Python, every other method relayed to the
+    grpc.aio server at ``backend``."""
+
+    cdef Frontend* _frontend
+    cdef vector[InferCall*] _calls
+    cdef vector[uint64_t] _cancelled
+
+    def __cinit__(
+        self, str address, str backend, str infer_method, *, int max_receive_bytes,
+        int max_send_bytes, int max_waiting, bytes cert_chain=None, bytes private_key=None,
+        bytes client_ca=None,
+    ):
+        cdef FrontendConfig config
+        config.address = address.encode()
+        config.backend = backend.encode()
+        config.infer_method = infer_method.encode()
+        config.max_receive_bytes = max_receive_bytes
+        config.max_send_bytes = max_send_bytes
+        config.max_waiting = max_waiting
+        config.tls = cert_chain is not None
+        if cert_chain is not None:
+            config.cert_chain_pem = cert_chain
+            config.private_key_pem = private_key
+            if client_ca is not None:
+                config.client_ca_pem = client_ca
+                config.require_client_cert = True
+        with nogil:
+            self._frontend = new Frontend(config)
+
+    @property
+    def port(self) -> int:
+        return self._frontend.port()
+
+    def fileno(self) -> int:
+        return self._frontend.event_fd()
+
+    def drain(self):
+        """(new calls as NativeCall, ids of held calls whose callers cancelled them)."""
+        cdef size_t i
+        self._frontend.Drain(&self._calls, &self._cancelled)
+        calls = [_wrap(self._calls[i]) for i in range(self._calls.size())]
+        cancelled = [self._cancelled[i] for i in range(self._cancelled.size())]
+        self._calls.clear()
+        self._cancelled.clear()
+        return calls, cancelled
+
+    def shutdown(self, double grace_s):
+        """Blocks until grpc++ is done with every call: run it off the event loop, which
+        must keep answering the calls it holds."""
+        with nogil:
+            self._frontend.Shutdown(grace_s)
+
+    def stats(self) -> dict:
+        cdef FrontendStats s = self._frontend.stats()
+        return {
+            "infer_started": s.infer_started,
+            "infer_shed": s.infer_shed,
+            "relayed_started": s.relayed_started,
+            "infer_waiting": s.infer_waiting,
+            "infer_with_python": s.infer_with_python,
+        }
+
+    def __dealloc__(self):
+        # Deleting it shuts grpc++ down and waits for every call; one that Python still
+        # holds would never end, so a frontend never shut down is left to the process.
+        if self._frontend != NULL and self._frontend.stats().infer_with_python == 0:
+            with nogil:
+                del self._frontend
+        self._frontend = NULL

@@ -1,0 +1,138 @@
+// The native gRPC front end: grpc++'s callback server on the public port.
+//
+// Why it exists: grpc.aio spends ~250 µs of CPU on every call in its own Python-level
+// machinery (coroutines, RPC state, one event-loop turn per accepted call) before a
+// servicer runs; on this project's 2-core target that, not the model, caps throughput.
+// Here grpc++ does the transport in C++ threads and hands ModelInfer calls to Python in
+// batches: one eventfd wake-up drains every call that arrived meanwhile.
+//
+// ModelInfer is served here. Every other method (control RPCs, ModelStreamInfer, health,
+// reflection) is relayed byte for byte to the grpc.aio server, which then listens only
+// on a private Unix socket; those calls keep every behaviour they have there.
+//
+// Threads: grpc++ runs every reaction below on its own threads. They never touch Python
+// objects: ModelInfer calls wait in `inbox_` (a mutex-guarded vector) until the event
+// loop drains it. Python finishes a call from the loop thread through InferCall::Complete
+// or InferCall::Fail; grpc++ allows reactions to be started from any thread.
+#pragma once
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace tensorgate {
+
+class Frontend;
+
+struct FrontendConfig {
+  std::string address;        // host:port to listen on (port 0: any free port)
+  std::string backend;        // grpc target of the grpc.aio server ("unix:/path")
+  std::string infer_method;   // "/inference.GRPCInferenceService/ModelInfer"
+  int max_receive_bytes = 4 * 1024 * 1024;
+  int max_send_bytes = -1;
+  // ModelInfer calls that may wait for the event loop; past it they are answered
+  // RESOURCE_EXHAUSTED here, in microseconds, without costing Python anything.
+  int max_waiting = 3000;
+  bool tls = false;
+  std::string cert_chain_pem, private_key_pem, client_ca_pem;
+  bool require_client_cert = false;
+};
+
+// One ModelInfer call, from its arrival to the Python side's answer.
+class InferCall final : public grpc::ServerGenericBidiReactor {
+ public:
+  InferCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id);
+
+  uint64_t id() const { return id_; }
+  size_t request_size() const { return request_.Length(); }
+  void copy_request(char* dst) const;  // request_size() bytes
+  grpc::GenericCallbackServerContext* context() const { return ctx_; }
+  // Seconds left until the caller's deadline (negative once it passed); `has_deadline`
+  // is false when the caller set none.
+  double time_remaining(bool* has_deadline) const;
+
+  std::string peer() const { return ctx_->peer(); }
+  // The caller's metadata as (key, value) pairs, in arrival order.
+  void metadata(std::vector<std::pair<std::string, std::string>>* out) const;
+
+  // The answer, from the event loop; each call is answered once (later ones are ignored).
+  void Complete(const char* data, size_t size);
+  void Fail(int code, const std::string& message);
+
+  void OnReadDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  friend class Frontend;
+  enum State : int { kReading, kWithPython, kAnswered };
+  bool Answer();  // claims the right to answer; false when already answered
+
+  Frontend* const frontend_;
+  grpc::GenericCallbackServerContext* const ctx_;
+  const uint64_t id_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer response_;
+  std::atomic<int> state_{kReading};
+};
+
+struct FrontendStats {
+  uint64_t infer_started = 0;     // ModelInfer calls read in full
+  uint64_t infer_shed = 0;        // answered RESOURCE_EXHAUSTED: too many waiting
+  uint64_t relayed_started = 0;   // other methods relayed to the grpc.aio server
+  uint64_t infer_waiting = 0;     // now: read, not yet drained by the event loop
+  uint64_t infer_with_python = 0; // now: drained, not yet answered
+};
+
+class Frontend final : public grpc::CallbackGenericService {
+ public:
+  explicit Frontend(const FrontendConfig& config);  // throws std::runtime_error
+  ~Frontend() override;
+
+  int port() const { return port_; }
+  int event_fd() const { return event_fd_; }
+
+  // Moves every call that arrived since the last drain into `calls`, and the ids of
+  // calls whose callers cancelled them while with Python into `cancelled`.
+  void Drain(std::vector<InferCall*>* calls, std::vector<uint64_t>* cancelled);
+  // Stops accepting calls; after `grace_s` seconds cancels those still running. Blocks
+  // until grpc++ is done with every call: the event loop must keep answering meanwhile.
+  void Shutdown(double grace_s);
+  FrontendStats stats() const;
+
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* ctx) override;
+
+ private:
+  friend class InferCall;
+  friend class RelayCall;
+  void Submit(InferCall* call);      // a call read in full: to the inbox, or shed
+  void Cancelled(uint64_t id);       // a call's caller went away while with Python
+  void Answered() { with_python_.fetch_sub(1, std::memory_order_relaxed); }
+  void Wake();                       // with mu_ held
+
+  const FrontendConfig config_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> backend_channel_;
+  std::unique_ptr<grpc::GenericStub> backend_;
+  int port_ = 0;
+  int event_fd_ = -1;
+
+  mutable std::mutex mu_;
+  std::vector<InferCall*> inbox_;
+  std::vector<uint64_t> cancelled_;
+  bool woken_ = false;
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> infer_started_{0}, infer_shed_{0}, relayed_started_{0};
+  std::atomic<int64_t> with_python_{0};
+  std::atomic<bool> shut_down_{false};
+};
+
+}  // namespace tensorgate

@@ -1,0 +1,166 @@
+"""The native front end's contract with the event loop, driven directly (no server).
+
+A real grpc++ server on a free port and real grpcio clients; the test plays the event
+loop: it waits on ``fileno()``, drains, and answers. The relay of every other method
+and the whole server on this front end are covered end to end (tests/e2e)."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+import grpc
+import pytest
+
+from tensorgate.grpc import native
+
+if not native.available():
+    if os.environ.get("TENSORGATE_REQUIRE_NATIVE_FRONTEND") == "1":
+        raise RuntimeError("the native front end was not built (grpc++ missing?)")
+    pytest.skip("built without the native front end (no grpc++)", allow_module_level=True)
+
+from tensorgate._ext.frontend import NativeAbort, NativeFrontend  # noqa: E402
+
+METHOD = native.INFER_METHOD
+
+
+def _open(max_waiting: int = 100) -> NativeFrontend:
+    # No backend: only ModelInfer is called here, and it never reaches the backend.
+    return NativeFrontend(
+        "127.0.0.1:0", "unix:/nonexistent/grpc.sock", METHOD,
+        max_receive_bytes=1 << 20, max_send_bytes=1 << 20, max_waiting=max_waiting,
+    )
+
+
+def _drain_until(frontend, calls: int = 0, cancelled: int = 0, timeout: float = 5.0):
+    got_calls, got_cancelled = [], []
+    deadline = time.monotonic() + timeout
+    while len(got_calls) < calls or len(got_cancelled) < cancelled:
+        left = deadline - time.monotonic()
+        assert left > 0, f"drained {len(got_calls)} calls, {len(got_cancelled)} cancels"
+        select.select([frontend.fileno()], [], [], left)
+        new, gone = frontend.drain()
+        got_calls += new
+        got_cancelled += gone
+    return got_calls, got_cancelled
+
+
+@pytest.fixture()
+def frontend():
+    fe = _open()
+    yield fe
+    fe.shutdown(0.0)
+
+
+@pytest.fixture()
+def stub(frontend):
+    with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+        yield channel.unary_unary(METHOD)  # bytes in, bytes out
+
+
+def test_calls_reach_python_with_their_bytes_metadata_and_deadline(frontend, stub):
+    first = stub.future(b"\x01first", metadata=[("x-key", "v1"), ("x-blob-bin", b"\x00\xff")],
+                        timeout=30)
+    second = stub.future(b"second")
+    calls, _ = _drain_until(frontend, calls=2)
+    by_data = {c.data: c for c in calls}
+    assert set(by_data) == {b"\x01first", b"second"}
+    one, two = by_data[b"\x01first"], by_data[b"second"]
+    meta = dict(one.invocation_metadata())
+    assert meta["x-key"] == "v1" and meta["x-blob-bin"] == b"\x00\xff"
+    assert 25 < one.time_remaining() <= 30
+    assert two.time_remaining() is None
+    assert one.peer().startswith("ipv4:127.0.0.1:")
+    assert one.id != two.id
+    one.finish(b"answer")
+    two.fail(grpc.StatusCode.NOT_FOUND.value[0], "no such model 'x'")
+    assert first.result(timeout=5) == b"answer"
+    with pytest.raises(grpc.RpcError) as info:
+        second.result(timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "no such model 'x'"
+    one.finish(b"again")  # a call is answered once; later answers are ignored
+    stats = frontend.stats()
+    assert stats["infer_started"] == 2 and stats["infer_with_python"] == 0
+
+
+def test_abort_raises_the_status_for_the_dispatcher(frontend, stub):
+    future = stub.future(b"x")
+    (call,), _ = _drain_until(frontend, calls=1)
+    with pytest.raises(NativeAbort) as info:
+        call.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad tensor")
+    assert (info.value.code, info.value.details) == (3, "bad tensor")
+    call.fail(info.value.code, info.value.details)
+    with pytest.raises(grpc.RpcError) as err:
+        future.result(timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_call_python_drops_is_answered_internal(frontend, stub):
+    future = stub.future(b"x")
+    calls, _ = _drain_until(frontend, calls=1)
+    del calls  # never answered: the front end must not wait for it forever
+    with pytest.raises(grpc.RpcError) as err:
+        future.result(timeout=5)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "dropped" in err.value.details()
+
+
+def test_cancelled_calls_are_reported_by_id(frontend, stub):
+    future = stub.future(b"x", timeout=30)
+    (call,), _ = _drain_until(frontend, calls=1)
+    future.cancel()
+    _, cancelled = _drain_until(frontend, cancelled=1)
+    assert cancelled == [call.id]
+    call.fail(grpc.StatusCode.CANCELLED.value[0], "cancelled")  # still answered once
+
+
+def test_calls_past_the_waiting_limit_are_shed_resource_exhausted():
+    frontend = _open(max_waiting=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+            stub = channel.unary_unary(METHOD)
+            waiting = [stub.future(b"w", timeout=30) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while frontend.stats()["infer_waiting"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                stub(b"third", timeout=5)
+            assert time.monotonic() - started < 1.0  # answered at once, not queued
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "retry with backoff" in err.value.details()
+            assert frontend.stats()["infer_shed"] == 1
+            calls, _ = _drain_until(frontend, calls=2)
+            for call in calls:
+                call.finish(b"done")
+            assert [f.result(timeout=5) for f in waiting] == [b"done", b"done"]
+    finally:
+        frontend.shutdown(0.0)
+
+
+def test_shutdown_cancels_held_calls_after_the_grace(frontend, stub):
+    future = stub.future(b"x", timeout=30)
+    (call,), _ = _drain_until(frontend, calls=1)
+    import threading
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (frontend.shutdown(0.2), done.set()), daemon=True).start()
+    _, cancelled = _drain_until(frontend, cancelled=1)  # grpc++ cancels it after 0.2 s
+    assert cancelled == [call.id]
+    assert not done.is_set()  # still waits for Python's answer
+    call.fail(grpc.StatusCode.CANCELLED.value[0], "shutting down")
+    assert done.wait(5)
+    with pytest.raises(grpc.RpcError) as err:
+        future.result(timeout=5)
+    assert err.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_an_address_in_use_is_an_error(frontend):
+    with pytest.raises(RuntimeError, match="could not listen"):
+        NativeFrontend(
+            f"127.0.0.1:{frontend.port}", "unix:/nonexistent", METHOD,
+            max_receive_bytes=1 << 20, max_send_bytes=1 << 20, max_waiting=10,
+        )
