@@ -8,8 +8,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# grpc++ (Debian's libgrpc++-dev, found through pkg-config) for the native front end.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc g++ \
+    && apt-get install -y --no-install-recommends gcc g++ pkg-config libgrpc++-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
@@ -20,6 +21,10 @@ COPY server ./server
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
+# The native front end's shared libraries (the runtime half of libgrpc++-dev above).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgrpc++1.51 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /srv tensorgate
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -127,6 +127,10 @@ class RelayCall final : public grpc::ServerGenericBidiReactor {
     if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
       backend_ctx_.set_deadline(ctx->deadline());
     }
+    // The backend is this process's own grpc.aio server: a call that finds its socket
+    // not (yet) accepting waits for it, within the caller's deadline, instead of failing
+    // fast and leaving the channel in backoff.
+    backend_ctx_.set_wait_for_ready(true);
     backend->PrepareBidiStreamingCall(&backend_ctx_, ctx->method(), grpc::StubOptions(),
                                       &client_);
     client_.StartRead(&down_);

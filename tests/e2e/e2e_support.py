@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ class ServerProcess:
                 self.proc.wait(timeout)
         self._eof.wait(2.0)
         return self.proc.returncode
+
+
+def model_subset(test_repo: Path, root: Path, names=("identity_fp32", "identity_bytes")) -> Path:
+    """A repository at ``root`` with a few of the test repository's models, so a module
+    that starts servers of its own starts them fast."""
+    for name in names:
+        shutil.copytree(test_repo / name, root / name)
+    return root
 
 
 def server_env(**overrides: str) -> dict:

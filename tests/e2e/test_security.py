@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
 import time
 
 import grpc
@@ -18,7 +17,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from e2e_support import server_env, start_server
+from e2e_support import model_subset, server_env, start_server
 
 ADMIN_TOKEN = "admin-7f3c9a1e5b"
 INFER_TOKEN = "infer-2d8e4b6a0c"
@@ -31,10 +30,7 @@ ENV_TOKEN = "env-9b1d7f3e5a"
 @pytest.fixture(scope="module")
 def small_repo(test_repo, tmp_path_factory):
     """A few models of the test repository, so each server here starts fast."""
-    root = tmp_path_factory.mktemp("security_repo")
-    for name in ("identity_fp32", "identity_bytes"):
-        shutil.copytree(test_repo / name, root / name)
-    return root
+    return model_subset(test_repo, tmp_path_factory.mktemp("security_repo"))
 
 
 def _cert(subject_cn, issuer_key, issuer_name, public_key, ca=False, san_ip=None):

@@ -3,8 +3,10 @@
 # (its speed drifts), so the ratio to trust is the median over repeats, each repeat
 # measuring both servers back to back.
 #   bash bench/results/2026-11-23-tg-vs-echo-repeats/run.sh [REPEATS]   (repository root)
+#   OUT=DIR ... writes the runs and summary.md under DIR instead
 set -e
-out=bench/results/2026-11-23-tg-vs-echo-repeats
+out=${OUT:-bench/results/2026-11-23-tg-vs-echo-repeats}
+mkdir -p "$out"
 for i in $(seq 1 "${1:-4}"); do
   for model in tiny_mlp convnet; do
     python -m bench compare --scenario $model --servers tensorgate,echo --concurrency 1,64 \
