@@ -123,16 +123,22 @@ async def open_loop(url: str, rate: float, seconds: float, pid: int | None, samp
     return ok, errors
 
 
+# The server's transport counters on /metrics: grpc core's (TransportCollector; with the
+# native front end they count only the RPCs it relays) and the native front end's own.
+TRANSPORT_PREFIXES = ("tensorgate_grpc_calls_", "tensorgate_native_")
+
+
 def core_counters(metrics_url: str) -> dict[str, float]:
-    """grpc core's call counters from the server's /metrics (TransportCollector)."""
+    """The transport counters from the server's /metrics, by name less the prefix."""
     import urllib.request
 
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     out = {}
     for line in text.splitlines():
-        if line.startswith("tensorgate_grpc_calls_"):
-            name, value = line.split()[:2]
-            out[name[len("tensorgate_grpc_calls_"):]] = float(value)
+        for prefix in TRANSPORT_PREFIXES:
+            if line.startswith(prefix):
+                name, value = line.split()[:2]
+                out[prefix.split("_")[1] + ":" + name[len(prefix):]] = float(value)
     return out
 
 
@@ -188,7 +194,7 @@ def main() -> int:
     base, last, peak = after[0], after[-1], max(after)
     growth = (last - base) / base
     print(f"requests ok {ok}, errors {dict(errors) or 0}; server exit code {code}")
-    print("server's grpc core counters (all RPCs, capacity probe included): "
+    print("server's transport counters (capacity probe included): "
           + ", ".join(f"{k} {v:.0f}" for k, v in transport.items()))
     print(f"RSS after warm-up ({warm:.0f} s) {base / 1024:.1f} MiB -> end {last / 1024:.1f} MiB "
           f"(peak {peak / 1024:.1f} MiB): growth {growth * 100:+.2f}%")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import tempfile
+from functools import partial
 
 import grpc
 
@@ -65,7 +66,7 @@ class NativeInferDispatcher:
     def __init__(self, frontend, service: InferenceService) -> None:
         self.frontend = frontend
         self.service = service
-        self._running: dict[int, asyncio.Task] = {}
+        self._running: dict[int, tuple[asyncio.Task, object]] = {}  # id -> (task, call)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -83,11 +84,19 @@ class NativeInferDispatcher:
         serve = self._serve
         running = self._running
         for call in calls:
-            running[call.id] = create_task(serve(call))
+            running[call.id] = (create_task(serve(call)), call)
         for call_id in cancelled:  # the caller went away: its request leaves the queue
-            task = running.get(call_id)
-            if task is not None:
+            entry = running.get(call_id)
+            if entry is not None:
+                task, call = entry
                 task.cancel()
+                # A task cancelled before its first step never runs _serve's body (the
+                # CancelledError is thrown in ahead of its try): answer it here too.
+                task.add_done_callback(partial(self._answer_cancelled, call))
+
+    def _answer_cancelled(self, call, task) -> None:
+        self._running.pop(call.id, None)
+        call.fail(_CANCELLED, "ModelInfer: cancelled")  # ignored if _serve answered
 
     async def _serve(self, call) -> None:
         try:
@@ -102,4 +111,4 @@ class NativeInferDispatcher:
         else:
             call.finish(body)
         finally:
-            del self._running[call.id]
+            self._running.pop(call.id, None)

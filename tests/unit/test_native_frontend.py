@@ -6,6 +6,7 @@ and the whole server on this front end are covered end to end (tests/e2e)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import time
@@ -164,3 +165,59 @@ def test_an_address_in_use_is_an_error(frontend):
             f"127.0.0.1:{frontend.port}", "unix:/nonexistent", METHOD,
             max_receive_bytes=1 << 20, max_send_bytes=1 << 20, max_waiting=10,
         )
+
+
+# -- the event loop's side: NativeInferDispatcher ----------------------------------------
+
+
+class _Service:
+    """Stands in for InferenceService.model_infer: echoes, aborts, or never returns."""
+
+    async def model_infer(self, data: bytes, context) -> bytes:
+        if data == b"abort":
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such model")
+        if data == b"hang":
+            await asyncio.Event().wait()
+        return b"re:" + data
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+
+
+def test_dispatcher_answers_every_call_once(frontend, stub):
+    async def main():
+        dispatcher = native.NativeInferDispatcher(frontend, _Service())
+        dispatcher.start(asyncio.get_running_loop())
+        ok, aborted, hung = stub.future(b"x"), stub.future(b"abort"), stub.future(b"hang")
+        await _until(lambda: ok.done() and aborted.done()
+                     and frontend.stats()["infer_with_python"] == 1)
+        assert ok.result() == b"re:x"
+        assert aborted.exception().code() == grpc.StatusCode.NOT_FOUND
+        hung.cancel()  # the caller gives up: its task is cancelled and the call answered
+        await _until(lambda: frontend.stats()["infer_with_python"] == 0)
+        assert not dispatcher._running
+        dispatcher.stop_watching()
+
+    asyncio.run(main())
+
+
+def test_dispatcher_answers_a_call_cancelled_before_its_task_ran(frontend, stub):
+    """The call and its cancellation reach the loop in one drain: the task is cancelled
+    before its first step, so its coroutine never runs; the call must still end."""
+
+    async def main():
+        dispatcher = native.NativeInferDispatcher(frontend, _Service())
+        future = stub.future(b"hang", timeout=30)
+        await _until(lambda: frontend.stats()["infer_waiting"] == 1)
+        future.cancel()
+        await asyncio.sleep(0.2)  # grpc++ queues the cancellation behind the call
+        dispatcher.start(asyncio.get_running_loop())
+        await _until(lambda: frontend.stats()["infer_with_python"] == 0)
+        assert not dispatcher._running
+        dispatcher.stop_watching()
+
+    asyncio.run(main())
