@@ -209,6 +209,8 @@ async def serve(settings: Settings) -> int:
     if settings.gc_freeze:
         heap.freeze()  # once everything loaded; each later repository change freezes again
         repository.listeners.append(heap.HeapFreezer())
+    trimmer = heap.MallocTrimmer(settings.malloc_trim_secs)
+    trimmer.start()
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.SERVING)
     ready = [m.label for m in repository.models()]
     log.info(
@@ -238,6 +240,7 @@ async def serve(settings: Settings) -> int:
     await server.stop(min(left, STREAM_GRACE_S))
     if backend_dir is not None:
         shutil.rmtree(backend_dir, ignore_errors=True)
+    trimmer.stop()
     await routes.close()
     await repository.unload_all()
     obs_tracing.uninstall()  # flushes the spans still buffered

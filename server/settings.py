@@ -140,6 +140,13 @@ class Settings:
             "request path; false: Python's default collection."
         ),
     )
+    malloc_trim_secs: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Every this many seconds, hand the heap's free pages back to the system "
+            "(glibc malloc_trim; a pass takes a few ms on its own thread); 0 = never."
+        ),
+    )
     frontend: str = field(
         default="auto",
         metadata=_doc(
@@ -191,6 +198,10 @@ class Settings:
             raise ValueError(f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
         if not 0 <= self.inline_max_us <= 10_000:
             raise ValueError(f"inline_max_us must be in 0..10000, got {self.inline_max_us}")
+        if not 0 <= self.malloc_trim_secs <= 3600:
+            raise ValueError(
+                f"malloc_trim_secs must be in 0..3600, got {self.malloc_trim_secs}"
+            )
         if not 0 <= self.repository_poll_secs <= 3600:
             raise ValueError(
                 f"repository_poll_secs must be in 0..3600, got {self.repository_poll_secs}"

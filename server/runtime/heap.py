@@ -1,4 +1,5 @@
-"""The server process's heap: the cyclic garbage collector and glibc malloc's arenas.
+"""The server process's heap: the cyclic garbage collector and glibc malloc (its arenas,
+and trimming freed pages).
 
 Once the models are loaded the process holds hundreds of thousands of objects that live
 as long as it does: ONNX Runtime's bindings, numpy, protobuf descriptors, grpc, the
@@ -25,6 +26,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import threading
 import time
 
 log = logging.getLogger("tensorgate.runtime")
@@ -49,16 +51,70 @@ def limit_malloc_arenas(arenas: int = SERVER_ARENAS) -> bool:
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None:  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+class MallocTrimmer:
+    """Hands glibc's free pages back to the system every ``every_s`` seconds.
+
+    Even with two arenas, a burst (many calls in flight at once, each with its grpc
+    call arena, message buffers and tensors) leaves the heap larger, and glibc keeps
+    freed pages inside it: a 5-minute soak at 7,100 req/s on the native front end grew
+    in three steps of 1-2 MiB each, flat in between (+5.3%). ``malloc_trim(0)`` releases
+    every free page of every arena, not only the top; it runs on its own thread (ctypes
+    lets the GIL go), holding one arena lock at a time for the few milliseconds a pass
+    takes.
+    """
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.passes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        libc = _libc()
+        self._trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+        if self._trim is not None:
+            self._trim.argtypes = (ctypes.c_size_t,)
+
+    def start(self) -> bool:
+        """False where there is no malloc_trim (not glibc)."""
+        if self._trim is None or self.every_s <= 0:
+            return False
+        self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def trim(self) -> float:
+        """One pass; returns its duration in seconds."""
+        started = time.perf_counter()
+        self._trim(0)
+        return time.perf_counter() - started
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            took = self.trim()
+            self.passes += 1
+            log.debug("malloc_trim: %.1f ms", took * 1e3)
 
 
 def freeze() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
+
+import pytest
 
 from tensorgate.runtime import heap
 
@@ -46,3 +49,31 @@ def test_malloc_arena_cap_defers_to_the_environment(monkeypatch):
 
     if platform.libc_ver()[0] == "glibc":
         assert heap.limit_malloc_arenas() is True
+
+
+def _resident_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_malloc_trim_gives_freed_pages_back():
+    """Pages freed in the middle of the heap stay resident until a trim releases them
+    (glibc); the trimmer does that on its own thread and stops when asked."""
+    trimmer = heap.MallocTrimmer(every_s=0.01)
+    if trimmer._trim is None:
+        pytest.skip("no malloc_trim here (not glibc)")
+    blocks = [bytearray(4000) for _ in range(50_000)]  # ~200 MB below mmap's threshold
+    keep = blocks[-1]
+    del blocks  # all but the last freed: a hole below a live block, not trimmed at the top
+    before = _resident_kib()
+    assert trimmer.start()
+    deadline = time.monotonic() + 5
+    while trimmer.passes < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    trimmer.stop()
+    assert before - _resident_kib() > 100_000  # KiB: most of the 200 MB went back
+    assert keep and not heap.MallocTrimmer(every_s=0).start()
