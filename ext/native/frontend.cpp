@@ -82,16 +82,24 @@ bool InferCall::Answer() {
 
 void InferCall::Complete(const char* data, size_t size) {
   if (!Answer()) return;
-  frontend_->Answered();
   grpc::Slice slice(data, size);  // the one copy of the response bytes
   response_ = grpc::ByteBuffer(&slice, 1);
-  StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+  status_ = grpc::Status::OK;
+  frontend_->Respond(this);
 }
 
 void InferCall::Fail(int code, const std::string& message) {
   if (!Answer()) return;
-  frontend_->Answered();
-  Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+  status_ = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+  frontend_->Respond(this);
+}
+
+void InferCall::Send() {
+  if (status_.ok()) {
+    StartWriteAndFinish(&response_, grpc::WriteOptions(), status_);
+  } else {
+    Finish(status_);
+  }
 }
 
 void InferCall::OnCancel() {
@@ -289,11 +297,47 @@ Frontend::Frontend(const FrontendConfig& config) : config_(config) {
     close(event_fd_);
     throw std::runtime_error("could not listen on " + config.address);
   }
+  responder_ = std::thread([this] { RunResponder(); });
 }
 
 Frontend::~Frontend() {
   if (server_ && !shut_down_.load()) Shutdown(0.0);
+  {
+    std::lock_guard<std::mutex> lock(out_mu_);
+    responder_stop_ = true;
+  }
+  out_cv_.notify_one();
+  if (responder_.joinable()) responder_.join();
   if (event_fd_ >= 0) close(event_fd_);
+}
+
+void Frontend::Respond(InferCall* call) {
+  // with_python_ still counts this call: 1 means the loop holds nothing else.
+  if (with_python_.fetch_sub(1, std::memory_order_relaxed) <= 1) {
+    call->Send();
+    return;
+  }
+  bool first;
+  {
+    std::lock_guard<std::mutex> lock(out_mu_);
+    first = outbox_.empty();
+    outbox_.push_back(call);
+  }
+  if (first) out_cv_.notify_one();
+}
+
+void Frontend::RunResponder() {
+  std::vector<InferCall*> batch;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(out_mu_);
+      out_cv_.wait(lock, [this] { return responder_stop_ || !outbox_.empty(); });
+      if (outbox_.empty()) return;  // stopping, and nothing left to send
+      batch.swap(outbox_);
+    }
+    for (InferCall* call : batch) call->Send();
+    batch.clear();
+  }
 }
 
 grpc::ServerGenericBidiReactor* Frontend::CreateReactor(

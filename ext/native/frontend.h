@@ -12,8 +12,9 @@
 //
 // Threads: grpc++ runs every reaction below on its own threads. They never touch Python
 // objects: ModelInfer calls wait in `inbox_` (a mutex-guarded vector) until the event
-// loop drains it. Python finishes a call from the loop thread through InferCall::Complete
-// or InferCall::Fail; grpc++ allows reactions to be started from any thread.
+// loop drains it. Python answers a call from the loop thread through InferCall::Complete
+// or InferCall::Fail; under load the responder thread hands the answers to grpc++
+// (Frontend::Respond), which allows operations to be started from any thread.
 #pragma once
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -21,10 +22,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace tensorgate {
@@ -74,12 +77,14 @@ class InferCall final : public grpc::ServerGenericBidiReactor {
   friend class Frontend;
   enum State : int { kReading, kWithPython, kAnswered };
   bool Answer();  // claims the right to answer; false when already answered
+  void Send();    // hands the prepared answer to grpc++ (see Frontend::Respond)
 
   Frontend* const frontend_;
   grpc::GenericCallbackServerContext* const ctx_;
   const uint64_t id_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
+  grpc::Status status_;  // the answer's status (OK with response_, or the failure)
   std::atomic<int> state_{kReading};
 };
 
@@ -115,8 +120,12 @@ class Frontend final : public grpc::CallbackGenericService {
   friend class RelayCall;
   void Submit(InferCall* call);      // a call read in full: to the inbox, or shed
   void Cancelled(uint64_t id);       // a call's caller went away while with Python
-  void Answered() { with_python_.fetch_sub(1, std::memory_order_relaxed); }
   void Wake();                       // with mu_ held
+  // Sends an answer prepared on the event loop: inline when the loop holds only this
+  // call (lowest latency), else through the responder thread, so that grpc++'s write
+  // path (framing, the socket write) runs beside the loop instead of on it.
+  void Respond(InferCall* call);
+  void RunResponder();
 
   const FrontendConfig config_;
   std::unique_ptr<grpc::Server> server_;
@@ -133,6 +142,12 @@ class Frontend final : public grpc::CallbackGenericService {
   std::atomic<uint64_t> infer_started_{0}, infer_shed_{0}, relayed_started_{0};
   std::atomic<int64_t> with_python_{0};
   std::atomic<bool> shut_down_{false};
+
+  std::mutex out_mu_;
+  std::condition_variable out_cv_;
+  std::vector<InferCall*> outbox_;
+  bool responder_stop_ = false;
+  std::thread responder_;
 };
 
 }  // namespace tensorgate
