@@ -74,9 +74,10 @@ class NativeInferDispatcher:
         loop.add_reader(self.frontend.fileno(), self._drain)
 
     def stop_watching(self) -> None:
+        """After the front end's shutdown returned: grpc++ has ended every call by then,
+        so nothing is left to drain."""
         if self._loop is not None:
             self._loop.remove_reader(self.frontend.fileno())
-            self._drain()  # what arrived last is answered too (UNAVAILABLE by then)
 
     def _drain(self) -> None:
         calls, cancelled = self.frontend.drain()
