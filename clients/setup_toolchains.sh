@@ -10,6 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 debian_packages=(
   # C++: stubs from protoc + grpc_cpp_plugin, built with CMake against Debian's gRPC.
+  # libgrpc++-dev and pkg-config also build the server's native front end (setup.py).
   g++ make cmake pkg-config protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   # Go: protoc plugins and the Go sources of grpc-go and protobuf under /usr/share/gocode,
   # which the build uses offline (GOPATH mode).
