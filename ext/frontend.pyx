@@ -16,34 +16,77 @@ from libcpp.string cimport string
 from libcpp.vector cimport vector
 
 
+cdef extern from "native/frontend.h" namespace "grpc" nogil:
+    cdef cppclass GenericCallbackServerContext:
+        pass
+
+    cdef cppclass ByteBuffer:
+        pass
+
+
 cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
     cdef cppclass FrontendConfig:
-        string address, backend, infer_method
+        string address, backend, infer_method, stream_method
         int max_receive_bytes, max_send_bytes, max_waiting
         cbool tls, require_client_cert
         string cert_chain_pem, private_key_pem, client_ca_pem
+
+    string Peer(GenericCallbackServerContext* ctx)
+    void Metadata(GenericCallbackServerContext* ctx, vector[pair[string, string]]* out)
+    double TimeRemaining(GenericCallbackServerContext* ctx, cbool* has_deadline)
 
     cdef cppclass InferCall:
         uint64_t id()
         size_t request_size()
         void copy_request(char* dst)
-        double time_remaining(cbool* has_deadline)
-        string peer()
-        void metadata(vector[pair[string, string]]* out)
+        GenericCallbackServerContext* context()
         void Complete(const char* data, size_t size)
         void Fail(int code, const string& message)
 
+    cdef cppclass StreamCall:
+        uint64_t id()
+        GenericCallbackServerContext* context()
+        void Unref()
+        void Write(const char* data, size_t size)
+        void Skip()
+        void Fail(int code, const string& message)
+
+    cdef cppclass StreamMessage:
+        StreamCall* stream
+        ByteBuffer data
+
     cdef cppclass FrontendStats:
-        uint64_t infer_started, infer_shed, relayed_started, infer_waiting
-        uint64_t infer_with_python
+        uint64_t infer_started, stream_messages, infer_shed, relayed_started
+        uint64_t infer_waiting, infer_with_python
 
     cdef cppclass Frontend:
         Frontend(const FrontendConfig&) except +
         int port()
         int event_fd()
-        void Drain(vector[InferCall*]* calls, vector[uint64_t]* cancelled)
+        void Drain(vector[InferCall*]* calls, vector[StreamMessage]* messages,
+                   vector[uint64_t]* cancelled)
         void Shutdown(double grace_s)
         FrontendStats stats()
+
+
+cdef extern from "native/frontend.h" nogil:
+    """
+    #include <cstring>
+    // A message's bytes into one contiguous buffer (the one copy into Python).
+    static inline size_t tensorgate_message_size(const tensorgate::StreamMessage& m) {
+      return m.data.Length();
+    }
+    static inline void tensorgate_copy_message(const tensorgate::StreamMessage& m, char* dst) {
+      std::vector<grpc::Slice> slices;
+      if (!m.data.Dump(&slices).ok()) return;
+      for (const grpc::Slice& s : slices) {
+        std::memcpy(dst, s.begin(), s.size());
+        dst += s.size();
+      }
+    }
+    """
+    size_t tensorgate_message_size(const StreamMessage& m)
+    void tensorgate_copy_message(const StreamMessage& m, char* dst)
 
 
 class NativeAbort(Exception):
@@ -59,12 +102,11 @@ cdef int _CANCELLED = 1
 cdef int _INTERNAL = 13
 
 
-cdef class NativeCall:
-    """One ModelInfer call, held by Python until ``finish`` or ``fail`` answers it."""
+cdef class _CallContext:
+    """What the inference handler reads of a call, as on grpc.aio's context. Valid while
+    the call is unanswered (``_ctx`` is cleared when it is answered)."""
 
-    cdef InferCall* _call
-    cdef readonly uint64_t id
-    cdef readonly bytes data  # the serialized ModelInferRequest
+    cdef GenericCallbackServerContext* _ctx
     cdef object _metadata
 
     def invocation_metadata(self):
@@ -72,9 +114,9 @@ cdef class NativeCall:
         cdef vector[pair[string, string]] items
         cdef size_t i
         if self._metadata is None:
-            if self._call == NULL:
+            if self._ctx == NULL:
                 return ()
-            self._call.metadata(&items)
+            Metadata(self._ctx, &items)
             out = []
             for i in range(items.size()):
                 key = items[i].first.decode("latin-1")
@@ -86,22 +128,30 @@ cdef class NativeCall:
         return self._metadata
 
     def peer(self) -> str:
-        if self._call == NULL:
+        if self._ctx == NULL:
             return ""
-        return self._call.peer().decode("utf-8", "replace")
+        return Peer(self._ctx).decode("utf-8", "replace")
 
     def time_remaining(self):
         """Seconds to the caller's deadline, None without one (as grpc.aio)."""
         cdef cbool has_deadline = False
         cdef double left
-        if self._call == NULL:
+        if self._ctx == NULL:
             return 0.0
-        left = self._call.time_remaining(&has_deadline)
+        left = TimeRemaining(self._ctx, &has_deadline)
         return left if has_deadline else None
 
     def abort(self, code, details: str):
         """As grpc.aio's ``context.abort``: raises, so the handler stops here."""
         raise NativeAbort(code.value[0], details)
+
+
+cdef class NativeCall(_CallContext):
+    """One ModelInfer call, held by Python until ``finish`` or ``fail`` answers it."""
+
+    cdef InferCall* _call
+    cdef readonly uint64_t id
+    cdef readonly bytes data  # the serialized ModelInferRequest
 
     def finish(self, bytes body not None):
         """Answers OK with ``body`` (a serialized ModelInferResponse)."""
@@ -111,6 +161,7 @@ cdef class NativeCall:
         if call == NULL:
             return
         self._call = NULL  # grpc++ may free it as soon as it is answered
+        self._ctx = NULL
         with nogil:
             call.Complete(data, size)
 
@@ -120,6 +171,7 @@ cdef class NativeCall:
         if call == NULL:
             return
         self._call = NULL
+        self._ctx = NULL
         with nogil:
             call.Fail(code, text)
 
@@ -130,13 +182,71 @@ cdef class NativeCall:
             self._call = NULL
 
 
+cdef class NativeStreamMessage(_CallContext):
+    """One request message of a ModelStreamInfer stream (``id`` is the stream's),
+    answered once: ``answer`` writes its response, ``skip`` sends none, ``fail`` ends
+    the stream with a status."""
+
+    cdef StreamCall* _stream
+    cdef bint _answered
+    cdef readonly uint64_t id
+    cdef readonly bytes data  # the serialized ModelInferRequest
+
+    def answer(self, bytes body not None):
+        cdef const char* data = PyBytes_AS_STRING(body)
+        cdef size_t size = PyBytes_GET_SIZE(body)
+        if self._answered:
+            return
+        self._answered = True
+        self._ctx = NULL
+        with nogil:
+            self._stream.Write(data, size)
+
+    def skip(self):
+        if self._answered:
+            return
+        self._answered = True
+        self._ctx = NULL
+        with nogil:
+            self._stream.Skip()
+
+    def fail(self, int code, str message):
+        cdef string text = message.encode("utf-8", "replace")
+        if self._answered:
+            return
+        self._answered = True
+        self._ctx = NULL
+        with nogil:
+            self._stream.Fail(code, text)
+
+    def __dealloc__(self):
+        if self._stream != NULL:
+            if not self._answered:
+                self._stream.Skip()
+            self._stream.Unref()
+            self._stream = NULL
+
+
 cdef NativeCall _wrap(InferCall* call):
     cdef NativeCall wrapped = NativeCall.__new__(NativeCall)
     cdef size_t size = call.request_size()
     cdef bytes data = PyBytes_FromStringAndSize(NULL, size)
     call.copy_request(PyBytes_AS_STRING(data))
     wrapped._call = call
+    wrapped._ctx = call.context()
     wrapped.id = call.id()
+    wrapped.data = data
+    return wrapped
+
+
+cdef NativeStreamMessage _wrap_message(StreamMessage& message):
+    cdef NativeStreamMessage wrapped = NativeStreamMessage.__new__(NativeStreamMessage)
+    cdef size_t size = tensorgate_message_size(message)
+    cdef bytes data = PyBytes_FromStringAndSize(NULL, size)
+    tensorgate_copy_message(message, PyBytes_AS_STRING(data))
+    wrapped._stream = message.stream  # takes over the reference the front end took
+    wrapped._ctx = message.stream.context()
+    wrapped.id = message.stream.id()
     wrapped.data = data
     return wrapped
 
@@ -147,10 +257,12 @@ cdef class NativeFrontend:
 
     cdef Frontend* _frontend
     cdef vector[InferCall*] _calls
+    cdef vector[StreamMessage] _messages
     cdef vector[uint64_t] _cancelled
 
     def __cinit__(
-        self, str address, str backend, str infer_method, *, int max_receive_bytes,
+        self, str address, str backend, str infer_method, str stream_method, *,
+        int max_receive_bytes,
         int max_send_bytes, int max_waiting, bytes cert_chain=None, bytes private_key=None,
         bytes client_ca=None,
     ):
@@ -158,6 +270,7 @@ cdef class NativeFrontend:
         config.address = address.encode()
         config.backend = backend.encode()
         config.infer_method = infer_method.encode()
+        config.stream_method = stream_method.encode()
         config.max_receive_bytes = max_receive_bytes
         config.max_send_bytes = max_send_bytes
         config.max_waiting = max_waiting
@@ -179,14 +292,17 @@ cdef class NativeFrontend:
         return self._frontend.event_fd()
 
     def drain(self):
-        """(new calls as NativeCall, ids of held calls whose callers cancelled them)."""
+        """(new ModelInfer calls as NativeCall, new stream messages as
+        NativeStreamMessage, ids of calls and streams whose callers cancelled them)."""
         cdef size_t i
-        self._frontend.Drain(&self._calls, &self._cancelled)
+        self._frontend.Drain(&self._calls, &self._messages, &self._cancelled)
         calls = [_wrap(self._calls[i]) for i in range(self._calls.size())]
+        messages = [_wrap_message(self._messages[i]) for i in range(self._messages.size())]
         cancelled = [self._cancelled[i] for i in range(self._cancelled.size())]
         self._calls.clear()
+        self._messages.clear()
         self._cancelled.clear()
-        return calls, cancelled
+        return calls, messages, cancelled
 
     def shutdown(self, double grace_s):
         """Blocks until grpc++ is done with every call: run it off the event loop, which
@@ -198,6 +314,7 @@ cdef class NativeFrontend:
         cdef FrontendStats s = self._frontend.stats()
         return {
             "infer_started": s.infer_started,
+            "stream_messages": s.stream_messages,
             "infer_shed": s.infer_shed,
             "relayed_started": s.relayed_started,
             "infer_waiting": s.infer_waiting,

@@ -47,15 +47,18 @@ void InferCall::copy_request(char* dst) const {
   }
 }
 
-void InferCall::metadata(std::vector<std::pair<std::string, std::string>>* out) const {
-  for (const auto& kv : ctx_->client_metadata()) {
+std::string Peer(grpc::GenericCallbackServerContext* ctx) { return ctx->peer(); }
+
+void Metadata(grpc::GenericCallbackServerContext* ctx,
+              std::vector<std::pair<std::string, std::string>>* out) {
+  for (const auto& kv : ctx->client_metadata()) {
     out->emplace_back(std::string(kv.first.data(), kv.first.size()),
                       std::string(kv.second.data(), kv.second.size()));
   }
 }
 
-double InferCall::time_remaining(bool* has_deadline) const {
-  const auto deadline = ctx_->deadline();
+double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline) {
+  const auto deadline = ctx->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) {
     *has_deadline = false;
     return 0.0;
@@ -108,6 +111,99 @@ void InferCall::OnCancel() {
 }
 
 void InferCall::OnDone() { delete this; }
+
+// -- ModelStreamInfer ----------------------------------------------------------------
+//
+// mu_ is held while starting operations, as in RelayCall below: grpc++ never runs the
+// reactions they trigger inside the call that starts them.
+
+StreamCall::StreamCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx,
+                       uint64_t id)
+    : frontend_(frontend), ctx_(ctx), id_(id) {
+  StartRead(&read_);
+}
+
+void StreamCall::OnReadDone(bool ok) {
+  grpc::ByteBuffer message;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok || finished_ || fail_wanted_) {  // half-closed, gone, or ended by Python
+      reads_done_ = true;
+      Pump();
+      return;
+    }
+    message.Swap(&read_);
+    ++unanswered_;
+    StartRead(&read_);
+  }
+  frontend_->Submit(this, std::move(message));
+}
+
+void StreamCall::Write(const char* data, size_t size) {
+  grpc::Slice slice(data, size);  // the one copy of the response bytes
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  --unanswered_;
+  if (!fail_wanted_) queued_.emplace_back(&slice, 1);
+  Pump();
+}
+
+void StreamCall::Skip() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  --unanswered_;
+  Pump();
+}
+
+void StreamCall::Fail(int code, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return;
+  --unanswered_;  // this message's answer is the stream's end
+  EndWith(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+  Pump();
+}
+
+void StreamCall::OnWriteDone(bool ok) {
+  std::lock_guard<std::mutex> lock(mu_);
+  writing_ = false;
+  if (!ok) {  // the caller is gone: nothing more can reach it
+    EndWith(grpc::Status(grpc::StatusCode::CANCELLED, "ModelStreamInfer: the caller left"));
+  }
+  Pump();
+}
+
+void StreamCall::EndWith(const grpc::Status& status) {
+  if (fail_wanted_) return;
+  fail_wanted_ = true;
+  status_ = status;
+  queued_.clear();
+}
+
+void StreamCall::OnCancel() { frontend_->Cancelled(id_); }
+
+void StreamCall::Pump() {
+  if (finished_ || writing_) return;
+  if (fail_wanted_) {
+    // Finished only once Python answered every message it holds: until then it may
+    // still read the call's context, which grpc++ frees after the end.
+    if (unanswered_ == 0) {
+      finished_ = true;
+      Finish(status_);
+    }
+    return;
+  }
+  if (!queued_.empty()) {
+    in_flight_ = std::move(queued_.front());
+    queued_.pop_front();
+    writing_ = true;
+    StartWrite(&in_flight_);
+    return;
+  }
+  if (reads_done_ && unanswered_ == 0) {
+    finished_ = true;
+    Finish(grpc::Status::OK);
+  }
+}
 
 // -- everything else: relayed to the grpc.aio server ----------------------------------
 //
@@ -345,6 +441,9 @@ grpc::ServerGenericBidiReactor* Frontend::CreateReactor(
   if (ctx->method() == config_.infer_method) {
     return new InferCall(this, ctx, next_id_.fetch_add(1, std::memory_order_relaxed));
   }
+  if (ctx->method() == config_.stream_method) {
+    return new StreamCall(this, ctx, next_id_.fetch_add(1, std::memory_order_relaxed));
+  }
   relayed_started_.fetch_add(1, std::memory_order_relaxed);
   return new RelayCall(ctx, backend_.get());
 }
@@ -377,19 +476,47 @@ void Frontend::Submit(InferCall* call) {
           " ModelInfer calls already wait for the server's event loop; retry with backoff"));
 }
 
+void Frontend::Submit(StreamCall* stream, grpc::ByteBuffer message) {
+  stream_messages_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (inbox_.size() + messages_.size() < static_cast<size_t>(config_.max_waiting)) {
+      stream->Ref();  // Python's, until it lets the message go
+      messages_.push_back(StreamMessage{stream, std::move(message)});
+      Wake();
+      return;
+    }
+  }
+  // Shed as a ModelInfer call would be, but as this message's error_message: a stream
+  // goes on after a bad message. ModelStreamInferResponse field 1, a string.
+  infer_shed_.fetch_add(1, std::memory_order_relaxed);
+  const std::string text =
+      "server overloaded: " + std::to_string(config_.max_waiting) +
+      " requests already wait for the server's event loop; retry with backoff";
+  std::string wire(1, '\x0a');
+  for (size_t n = text.size(); ; n >>= 7) {  // varint length
+    if (n < 0x80) { wire.push_back(static_cast<char>(n)); break; }
+    wire.push_back(static_cast<char>((n & 0x7f) | 0x80));
+  }
+  wire += text;
+  stream->Write(wire.data(), wire.size());
+}
+
 void Frontend::Cancelled(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   cancelled_.push_back(id);
   Wake();
 }
 
-void Frontend::Drain(std::vector<InferCall*>* calls, std::vector<uint64_t>* cancelled) {
+void Frontend::Drain(std::vector<InferCall*>* calls, std::vector<StreamMessage>* messages,
+                     std::vector<uint64_t>* cancelled) {
   uint64_t counter;
   ssize_t n = read(event_fd_, &counter, sizeof counter);
   (void)n;
   std::lock_guard<std::mutex> lock(mu_);
   woken_ = false;
   calls->swap(inbox_);
+  messages->swap(messages_);
   cancelled->swap(cancelled_);
 }
 
@@ -405,12 +532,13 @@ void Frontend::Shutdown(double grace_s) {
 FrontendStats Frontend::stats() const {
   FrontendStats s;
   s.infer_started = infer_started_.load();
+  s.stream_messages = stream_messages_.load();
   s.infer_shed = infer_shed_.load();
   s.relayed_started = relayed_started_.load();
   s.infer_with_python = static_cast<uint64_t>(with_python_.load());
   {
     std::lock_guard<std::mutex> lock(mu_);
-    s.infer_waiting = inbox_.size();
+    s.infer_waiting = inbox_.size() + messages_.size();
   }
   return s;
 }

@@ -24,6 +24,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +39,7 @@ struct FrontendConfig {
   std::string address;        // host:port to listen on (port 0: any free port)
   std::string backend;        // grpc target of the grpc.aio server ("unix:/path")
   std::string infer_method;   // "/inference.GRPCInferenceService/ModelInfer"
+  std::string stream_method;  // "/inference.GRPCInferenceService/ModelStreamInfer"
   int max_receive_bytes = 4 * 1024 * 1024;
   int max_send_bytes = -1;
   // ModelInfer calls that may wait for the event loop; past it they are answered
@@ -48,6 +50,14 @@ struct FrontendConfig {
   bool require_client_cert = false;
 };
 
+// What Python reads of a call's context (its metadata, peer and deadline).
+std::string Peer(grpc::GenericCallbackServerContext* ctx);
+void Metadata(grpc::GenericCallbackServerContext* ctx,
+              std::vector<std::pair<std::string, std::string>>* out);
+// Seconds left until the caller's deadline (negative once it passed); `has_deadline` is
+// false when the caller set none.
+double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline);
+
 // One ModelInfer call, from its arrival to the Python side's answer.
 class InferCall final : public grpc::ServerGenericBidiReactor {
  public:
@@ -57,13 +67,6 @@ class InferCall final : public grpc::ServerGenericBidiReactor {
   size_t request_size() const { return request_.Length(); }
   void copy_request(char* dst) const;  // request_size() bytes
   grpc::GenericCallbackServerContext* context() const { return ctx_; }
-  // Seconds left until the caller's deadline (negative once it passed); `has_deadline`
-  // is false when the caller set none.
-  double time_remaining(bool* has_deadline) const;
-
-  std::string peer() const { return ctx_->peer(); }
-  // The caller's metadata as (key, value) pairs, in arrival order.
-  void metadata(std::vector<std::pair<std::string, std::string>>* out) const;
 
   // The answer, from the event loop; each call is answered once (later ones are ignored).
   void Complete(const char* data, size_t size);
@@ -88,8 +91,60 @@ class InferCall final : public grpc::ServerGenericBidiReactor {
   std::atomic<int> state_{kReading};
 };
 
+// One ModelStreamInfer stream. Each request message goes to Python on its own (the
+// inbox's StreamMessage) and is answered once, with a response message or none (Skip);
+// responses go out in the order they are answered, one write in flight at a time. The
+// stream ends OK once the caller half-closed and every message was answered, or with the
+// status Python gives Fail (a stream whose credentials were refused) once the messages
+// Python still holds are answered.
+// Python holds a reference per message it has (Ref/Unref): the object outlives grpc++'s
+// OnDone until the last one is let go; answers after the end are ignored.
+class StreamCall final : public grpc::ServerGenericBidiReactor {
+ public:
+  StreamCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id);
+
+  uint64_t id() const { return id_; }
+  grpc::GenericCallbackServerContext* context() const { return ctx_; }
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  void Write(const char* data, size_t size);  // answers one message with a response
+  void Skip();                                // answers one message with nothing
+  void Fail(int code, const std::string& message);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override { Unref(); }
+
+ private:
+  void Pump();  // with mu_ held: the next write, or the end once all is answered
+  void EndWith(const grpc::Status& status);  // with mu_ held: no more writes
+
+  Frontend* const frontend_;
+  grpc::GenericCallbackServerContext* const ctx_;
+  const uint64_t id_;
+  std::mutex mu_;
+  grpc::ByteBuffer read_;
+  grpc::ByteBuffer in_flight_;          // the response being written
+  std::deque<grpc::ByteBuffer> queued_;  // responses waiting for it
+  int unanswered_ = 0;                  // messages handed to Python, not answered yet
+  bool writing_ = false, reads_done_ = false, fail_wanted_ = false, finished_ = false;
+  grpc::Status status_;
+  std::atomic<int> refs_{1};  // grpc++'s, until OnDone, and one per message Python holds
+};
+
+// A stream's request message on its way to Python (the stream is Ref'd for it).
+struct StreamMessage {
+  StreamCall* stream;
+  grpc::ByteBuffer data;
+};
+
 struct FrontendStats {
   uint64_t infer_started = 0;     // ModelInfer calls read in full
+  uint64_t stream_messages = 0;   // ModelStreamInfer request messages read
   uint64_t infer_shed = 0;        // answered RESOURCE_EXHAUSTED: too many waiting
   uint64_t relayed_started = 0;   // other methods relayed to the grpc.aio server
   uint64_t infer_waiting = 0;     // now: read, not yet drained by the event loop
@@ -104,9 +159,11 @@ class Frontend final : public grpc::CallbackGenericService {
   int port() const { return port_; }
   int event_fd() const { return event_fd_; }
 
-  // Moves every call that arrived since the last drain into `calls`, and the ids of
-  // calls whose callers cancelled them while with Python into `cancelled`.
-  void Drain(std::vector<InferCall*>* calls, std::vector<uint64_t>* cancelled);
+  // Moves every call and stream message that arrived since the last drain into `calls`
+  // and `messages`, and the ids of calls and streams whose callers cancelled them while
+  // Python held them (or a message of them) into `cancelled`.
+  void Drain(std::vector<InferCall*>* calls, std::vector<StreamMessage>* messages,
+             std::vector<uint64_t>* cancelled);
   // Stops accepting calls; after `grace_s` seconds cancels those still running. Blocks
   // until grpc++ is done with every call: the event loop must keep answering meanwhile.
   void Shutdown(double grace_s);
@@ -117,8 +174,10 @@ class Frontend final : public grpc::CallbackGenericService {
 
  private:
   friend class InferCall;
+  friend class StreamCall;
   friend class RelayCall;
   void Submit(InferCall* call);      // a call read in full: to the inbox, or shed
+  void Submit(StreamCall* stream, grpc::ByteBuffer message);  // the same for a message
   void Cancelled(uint64_t id);       // a call's caller went away while with Python
   void Wake();                       // with mu_ held
   // Sends an answer prepared on the event loop: inline when the loop holds only this
@@ -136,10 +195,12 @@ class Frontend final : public grpc::CallbackGenericService {
 
   mutable std::mutex mu_;
   std::vector<InferCall*> inbox_;
+  std::vector<StreamMessage> messages_;
   std::vector<uint64_t> cancelled_;
   bool woken_ = false;
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint64_t> infer_started_{0}, infer_shed_{0}, relayed_started_{0};
+  std::atomic<uint64_t> stream_messages_{0};
   std::atomic<int64_t> with_python_{0};
   std::atomic<bool> shut_down_{false};
 

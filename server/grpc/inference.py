@@ -48,7 +48,7 @@ def _message_for(exc: BaseException) -> str:
     return "internal error (see the server log)"
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float:
+def deadline_of(context: grpc.aio.ServicerContext) -> float:
     remaining = context.time_remaining()
     return 0.0 if remaining is None else time.monotonic() + remaining
 
@@ -82,7 +82,7 @@ class InferenceService:
         try:
             if guard is None:
                 body = await self.dataplane.infer(
-                    self._accept(data), _deadline(context), span, context
+                    self._accept(data), deadline_of(context), span, context
                 )
             else:
                 # Checked inline: a grpc.aio interceptor would cost a coroutine per call.
@@ -90,7 +90,7 @@ class InferenceService:
                 guard.enter()
                 try:
                     body = await self.dataplane.infer(
-                        self._accept(data), _deadline(context), span, context
+                        self._accept(data), deadline_of(context), span, context
                     )
                 finally:
                     guard.leave()
@@ -109,44 +109,20 @@ class InferenceService:
     async def model_stream_infer(self, requests, context):
         """Bidirectional stream: requests run concurrently; each gets one response or an
         error_message; a bad message never ends the stream."""
-        guard = self.guard
         principal = None
-        if guard is not None and guard.tokens is not None:
-            try:  # credentials once per stream; rate and in-flight per message below
-                principal = guard.check(context, INFER, "ModelStreamInfer")
+        if self.guard is not None:
+            try:  # credentials once per stream; rate and in-flight per message
+                principal = self.guard.authorize(context, INFER, "ModelStreamInfer")
             except TensorGateError as exc:
                 await context.abort(exc.code, exc.message)
         out: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
-        deadline = _deadline(context)
+        deadline = deadline_of(context)
         tracing = _tracing.ACTIVE
         incoming = None if tracing is None else tracing.incoming(context)  # once per stream
 
         async def one(data: bytes) -> None:
-            entered = False
-            span = None if tracing is None else tracing.start("ModelStreamInfer", incoming)
-            try:
-                if guard is not None:
-                    guard.check_rate(context, principal)
-                    guard.enter()
-                    entered = True
-                body = await self.dataplane.infer(self._accept(data), deadline, span, context)
-                await out.put(encode_stream_response(body))
-            except asyncio.CancelledError as exc:
-                if span is not None:
-                    Tracing.fail(span, exc)
-                    span = None
-                raise
-            except Exception as exc:
-                if span is not None:
-                    Tracing.fail(span, exc)
-                    span = None
-                await out.put(encode_stream_response(None, _message_for(exc)))
-            finally:
-                if entered:
-                    guard.leave()
-            if span is not None:
-                Tracing.finish(span)
+            await out.put(await self.stream_message(data, context, principal, deadline, incoming))
 
         async def read() -> None:
             try:
@@ -170,6 +146,37 @@ class InferenceService:
             reader.cancel()
             for task in list(running):
                 task.cancel()
+
+    async def stream_message(self, data: bytes, context, principal, deadline: float,
+                             incoming) -> bytes:
+        """One ModelStreamInfer message of a stream whose credentials passed: its
+        encoded ModelStreamInferResponse, with error_message on failure. Raises only
+        CancelledError. Both front ends serve streams through this."""
+        guard = self.guard
+        tracing = _tracing.ACTIVE
+        entered = False
+        span = None if tracing is None else tracing.start("ModelStreamInfer", incoming)
+        try:
+            if guard is not None:
+                guard.check_rate(context, principal)
+                guard.enter()
+                entered = True
+            body = await self.dataplane.infer(self._accept(data), deadline, span, context)
+            response = encode_stream_response(body)
+        except asyncio.CancelledError as exc:
+            if span is not None:
+                Tracing.fail(span, exc)
+            raise
+        except Exception as exc:
+            if span is not None:
+                Tracing.fail(span, exc)
+            return encode_stream_response(None, _message_for(exc))
+        finally:
+            if entered:
+                guard.leave()
+        if span is not None:
+            Tracing.finish(span)
+        return response
 
     # -- server and model state ----------------------------------------------------
 

@@ -17,7 +17,10 @@ from functools import partial
 
 import grpc
 
-from tensorgate.grpc.inference import SERVICE, InferenceService
+from tensorgate.errors import TensorGateError
+from tensorgate.grpc.inference import SERVICE, InferenceService, deadline_of
+from tensorgate.observability import tracing as _tracing
+from tensorgate.security import INFER
 
 try:
     from tensorgate._ext.frontend import NativeAbort, NativeFrontend
@@ -27,6 +30,7 @@ except ImportError:  # built without grpc++ (setup.py warns)
 log = logging.getLogger("tensorgate.grpc")
 
 INFER_METHOD = f"/{SERVICE}/ModelInfer"
+STREAM_METHOD = f"/{SERVICE}/ModelStreamInfer"
 
 # ModelInfer calls that may wait for the event loop before grpc++ answers new ones
 # RESOURCE_EXHAUSTED itself (grpc core's own pending-call limit has the same default).
@@ -50,7 +54,7 @@ def open_frontend(address: str, backend: str, settings, tls) -> "NativeFrontend"
     """grpc++ listening on ``address`` (raises RuntimeError when it cannot)."""
     message_bytes = settings.max_message_mb * 1024 * 1024
     return NativeFrontend(
-        address, backend, INFER_METHOD,
+        address, backend, INFER_METHOD, STREAM_METHOD,
         max_receive_bytes=message_bytes,
         max_send_bytes=message_bytes,
         max_waiting=settings.max_pending_calls or DEFAULT_MAX_WAITING,
@@ -61,12 +65,14 @@ def open_frontend(address: str, backend: str, settings, tls) -> "NativeFrontend"
 
 
 class NativeInferDispatcher:
-    """Runs the ModelInfer calls the front end hands over; answers each exactly once."""
+    """Runs the ModelInfer calls and ModelStreamInfer messages the front end hands over;
+    answers each exactly once."""
 
     def __init__(self, frontend, service: InferenceService) -> None:
         self.frontend = frontend
         self.service = service
         self._running: dict[int, tuple[asyncio.Task, object]] = {}  # id -> (task, call)
+        self._streams: dict[int, set[asyncio.Task]] = {}  # stream id -> its messages' tasks
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -80,13 +86,19 @@ class NativeInferDispatcher:
             self._loop.remove_reader(self.frontend.fileno())
 
     def _drain(self) -> None:
-        calls, cancelled = self.frontend.drain()
+        calls, messages, cancelled = self.frontend.drain()
         create_task = self._loop.create_task
         serve = self._serve
         running = self._running
         for call in calls:
             running[call.id] = (create_task(serve(call)), call)
-        for call_id in cancelled:  # the caller went away: its request leaves the queue
+        for message in messages:
+            tasks = self._streams.setdefault(message.id, set())
+            task = create_task(self._serve_message(message))
+            tasks.add(task)
+            # Also answers a message whose task was cancelled before it ran.
+            task.add_done_callback(partial(self._message_done, message, tasks))
+        for call_id in cancelled:  # the caller went away: its requests leave the queue
             entry = running.get(call_id)
             if entry is not None:
                 task, call = entry
@@ -94,10 +106,33 @@ class NativeInferDispatcher:
                 # A task cancelled before its first step never runs _serve's body (the
                 # CancelledError is thrown in ahead of its try): answer it here too.
                 task.add_done_callback(partial(self._answer_cancelled, call))
+            for task in self._streams.get(call_id, ()):
+                task.cancel()
 
     def _answer_cancelled(self, call, task) -> None:
         self._running.pop(call.id, None)
         call.fail(_CANCELLED, "ModelInfer: cancelled")  # ignored if _serve answered
+
+    def _message_done(self, message, tasks: set, task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not tasks and self._streams.get(message.id) is tasks:
+            del self._streams[message.id]
+        message.skip()  # ignored when it was answered
+
+    async def _serve_message(self, message) -> None:
+        service = self.service
+        principal = None
+        if service.guard is not None:
+            try:  # per message here: each comes on its own, with the stream's metadata
+                principal = service.guard.authorize(message, INFER, "ModelStreamInfer")
+            except TensorGateError as exc:
+                message.fail(exc.code.value[0], exc.message)  # ends the stream
+                return
+        tracing = _tracing.ACTIVE
+        incoming = None if tracing is None else tracing.incoming(message)
+        message.answer(await service.stream_message(
+            message.data, message, principal, deadline_of(message), incoming
+        ))
 
     async def _serve(self, call) -> None:
         try:

@@ -250,16 +250,21 @@ class NativeFrontendCollector:
         for name, doc, value in (
             ("tensorgate_native_infer_calls", "ModelInfer calls the native front end read",
              s["infer_started"]),
+            ("tensorgate_native_stream_messages",
+             "ModelStreamInfer request messages the native front end read",
+             s["stream_messages"]),
             ("tensorgate_native_infer_shed",
-             "ModelInfer calls answered RESOURCE_EXHAUSTED at once because too many waited "
-             "for the event loop (--max-pending-calls)", s["infer_shed"]),
+             "ModelInfer calls (and stream messages, answered with an error_message) shed "
+             "at once because too many waited for the event loop (--max-pending-calls)",
+             s["infer_shed"]),
             ("tensorgate_native_relayed_calls",
              "Calls of every other RPC relayed to the grpc.aio server", s["relayed_started"]),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily(
             "tensorgate_native_infer_waiting",
-            "ModelInfer calls read by grpc++ and waiting for the event loop",
+            "ModelInfer calls and stream messages read by grpc++ and waiting for the event "
+            "loop",
             value=s["infer_waiting"],
         )
         yield GaugeMetricFamily(

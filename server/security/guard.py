@@ -66,14 +66,20 @@ class Guard:
     def check(self, context, role: str, rpc: str) -> Principal | None:
         """Authenticate and authorize a call and take a rate-limit token; raises
         Unauthenticated / PermissionDenied / ResourceExhausted."""
-        principal = None
-        if self.tokens is not None:
-            principal = self._authenticate(context, rpc)
-            if role not in principal.roles:
-                audit.denied(rpc, caller_peer(context), principal.token_id, f"needs role {role}")
-                raise PermissionDenied(f"{rpc} needs the '{role}' role, which this token lacks")
+        principal = self.authorize(context, role, rpc)
         if self.limiter is not None:
             self.check_rate(context, principal)
+        return principal
+
+    def authorize(self, context, role: str, rpc: str) -> Principal | None:
+        """The call's principal (None with auth off); raises Unauthenticated or
+        PermissionDenied. No rate-limit token is taken."""
+        if self.tokens is None:
+            return None
+        principal = self._authenticate(context, rpc)
+        if role not in principal.roles:
+            audit.denied(rpc, caller_peer(context), principal.token_id, f"needs role {role}")
+            raise PermissionDenied(f"{rpc} needs the '{role}' role, which this token lacks")
         return principal
 
     def check_rate(self, context, principal: Principal | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import threading
 import time
 
 import grpc
@@ -24,26 +25,34 @@ if not native.available():
 from tensorgate._ext.frontend import NativeAbort, NativeFrontend  # noqa: E402
 
 METHOD = native.INFER_METHOD
+STREAM = native.STREAM_METHOD
 
 
 def _open(max_waiting: int = 100) -> NativeFrontend:
     # No backend: only ModelInfer is called here, and it never reaches the backend.
     return NativeFrontend(
-        "127.0.0.1:0", "unix:/nonexistent/grpc.sock", METHOD,
+        "127.0.0.1:0", "unix:/nonexistent/grpc.sock", METHOD, STREAM,
         max_receive_bytes=1 << 20, max_send_bytes=1 << 20, max_waiting=max_waiting,
     )
 
 
-def _drain_until(frontend, calls: int = 0, cancelled: int = 0, timeout: float = 5.0):
-    got_calls, got_cancelled = [], []
+def _drain_until(frontend, calls: int = 0, cancelled: int = 0, messages: int = 0,
+                 timeout: float = 5.0):
+    """Drains until that many calls, cancellations and stream messages came; returns
+    (calls, cancelled), or (calls, messages, cancelled) when messages are asked for."""
+    got_calls, got_messages, got_cancelled = [], [], []
     deadline = time.monotonic() + timeout
-    while len(got_calls) < calls or len(got_cancelled) < cancelled:
+    while (len(got_calls) < calls or len(got_cancelled) < cancelled
+           or len(got_messages) < messages):
         left = deadline - time.monotonic()
         assert left > 0, f"drained {len(got_calls)} calls, {len(got_cancelled)} cancels"
         select.select([frontend.fileno()], [], [], left)
-        new, gone = frontend.drain()
+        new, more, gone = frontend.drain()
         got_calls += new
+        got_messages += more
         got_cancelled += gone
+    if messages:
+        return got_calls, got_messages, got_cancelled
     return got_calls, got_cancelled
 
 
@@ -145,8 +154,6 @@ def test_calls_past_the_waiting_limit_are_shed_resource_exhausted():
 def test_shutdown_cancels_held_calls_after_the_grace(frontend, stub):
     future = stub.future(b"x", timeout=30)
     (call,), _ = _drain_until(frontend, calls=1)
-    import threading
-
     done = threading.Event()
     threading.Thread(target=lambda: (frontend.shutdown(0.2), done.set()), daemon=True).start()
     _, cancelled = _drain_until(frontend, cancelled=1)  # grpc++ cancels it after 0.2 s
@@ -162,7 +169,7 @@ def test_shutdown_cancels_held_calls_after_the_grace(frontend, stub):
 def test_an_address_in_use_is_an_error(frontend):
     with pytest.raises(RuntimeError, match="could not listen"):
         NativeFrontend(
-            f"127.0.0.1:{frontend.port}", "unix:/nonexistent", METHOD,
+            f"127.0.0.1:{frontend.port}", "unix:/nonexistent", METHOD, STREAM,
             max_receive_bytes=1 << 20, max_send_bytes=1 << 20, max_waiting=10,
         )
 
@@ -221,3 +228,57 @@ def test_dispatcher_answers_a_call_cancelled_before_its_task_ran(frontend, stub)
         dispatcher.stop_watching()
 
     asyncio.run(main())
+
+
+# -- ModelStreamInfer -----------------------------------------------------------------
+
+
+def test_stream_messages_are_answered_in_answer_order_and_the_stream_ends(frontend):
+    with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+        stream = channel.stream_stream(STREAM)
+        responses = stream(iter([b"m1", b"m2", b"m3"]), metadata=[("x-key", "v")], timeout=30)
+        _, messages, _ = _drain_until(frontend, messages=3)
+        by_data = {m.data: m for m in messages}
+        assert set(by_data) == {b"m1", b"m2", b"m3"}
+        assert len({m.id for m in messages}) == 1  # one stream
+        assert dict(by_data[b"m1"].invocation_metadata())["x-key"] == "v"
+        assert 25 < by_data[b"m1"].time_remaining() <= 30
+        by_data[b"m2"].answer(b"r2")
+        by_data[b"m1"].answer(b"r1")
+        by_data[b"m3"].skip()  # answered with nothing
+        by_data[b"m3"].answer(b"late")  # a message is answered once
+        assert list(responses) == [b"r2", b"r1"]  # then the stream ended OK
+        assert responses.code() == grpc.StatusCode.OK
+    assert frontend.stats()["stream_messages"] == 3
+
+
+def test_a_failed_stream_ends_with_its_status_once_every_message_is_answered(frontend):
+    with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+        requests = iter([b"a", b"b"])
+        responses = channel.stream_stream(STREAM)(requests, timeout=30)
+        _, (first, second), _ = _drain_until(frontend, messages=2)
+        first.fail(grpc.StatusCode.UNAUTHENTICATED.value[0], "no bearer token")
+        time.sleep(0.1)
+        assert second.time_remaining() > 0  # still readable: the stream waits for it
+        second.answer(b"dropped")  # after the failure, no response goes out
+        with pytest.raises(grpc.RpcError) as err:
+            list(responses)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert err.value.details() == "no bearer token"
+
+
+def test_a_cancelled_stream_is_reported_by_its_id(frontend):
+    with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+        gate = threading.Event()
+
+        def requests():
+            yield b"x"
+            gate.wait(10)  # keep the stream open
+
+        responses = channel.stream_stream(STREAM)(requests(), timeout=30)
+        _, (message,), _ = _drain_until(frontend, messages=1)
+        responses.cancel()
+        _, cancelled = _drain_until(frontend, cancelled=1)
+        assert cancelled == [message.id]
+        gate.set()
+        del message  # dropped unanswered: counted as answered with nothing
