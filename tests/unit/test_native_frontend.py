@@ -282,3 +282,31 @@ def test_a_cancelled_stream_is_reported_by_its_id(frontend):
         assert cancelled == [message.id]
         gate.set()
         del message  # dropped unanswered: counted as answered with nothing
+
+
+def test_stream_messages_past_the_waiting_limit_get_an_error_message():
+    from tensorgate._proto.inference import grpc_service_pb2 as pb
+
+    frontend = _open(max_waiting=1)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+            gate = threading.Event()
+
+            def requests():
+                yield b"first"
+                yield b"second"  # finds one message waiting already: shed
+                gate.wait(10)
+
+            responses = channel.stream_stream(STREAM)(requests(), timeout=30)
+            shed = pb.ModelStreamInferResponse.FromString(next(responses))
+            assert shed.error_message.startswith("server overloaded: 1 requests")
+            assert "retry with backoff" in shed.error_message
+            _, (message,), _ = _drain_until(frontend, messages=1)
+            assert message.data == b"first"
+            message.answer(b"r1")
+            assert next(responses) == b"r1"
+            gate.set()  # the caller half-closes; every message was answered: the end
+            assert list(responses) == []
+            assert frontend.stats()["infer_shed"] == 1
+    finally:
+        frontend.shutdown(0.0)
