@@ -141,7 +141,7 @@ async def open_loop(url: str, rate: float, seconds: float, pid: int | None, samp
 TRANSPORT_PREFIXES = ("tensorgate_grpc_calls_", "tensorgate_native_")
 
 
-def core_counters(metrics_url: str) -> dict[str, float]:
+def transport_counters(metrics_url: str) -> dict[str, float]:
     """The transport counters from the server's /metrics, by name less the prefix."""
     import urllib.request
 
@@ -191,7 +191,7 @@ def main() -> int:
               f"soak at {rate:.0f} req/s for {seconds:.0f} s")
         samples: list = []
         ok, errors = asyncio.run(open_loop(url, rate, seconds, proc.pid, samples))
-        transport = core_counters(metrics)
+        transport = transport_counters(metrics)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(60)

@@ -21,7 +21,7 @@ cdef extern from "native/frontend.h" namespace "grpc" nogil:
         pass
 
     cdef cppclass ByteBuffer:
-        pass
+        size_t Length()
 
 
 cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
@@ -31,6 +31,7 @@ cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
         cbool tls, require_client_cert
         string cert_chain_pem, private_key_pem, client_ca_pem
 
+    void CopyBytes(const ByteBuffer& buffer, char* dst)
     string Peer(GenericCallbackServerContext* ctx)
     void Metadata(GenericCallbackServerContext* ctx, vector[pair[string, string]]* out)
     double TimeRemaining(GenericCallbackServerContext* ctx, cbool* has_deadline)
@@ -69,26 +70,6 @@ cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
         FrontendStats stats()
 
 
-cdef extern from "native/frontend.h" nogil:
-    """
-    #include <cstring>
-    // A message's bytes into one contiguous buffer (the one copy into Python).
-    static inline size_t tensorgate_message_size(const tensorgate::StreamMessage& m) {
-      return m.data.Length();
-    }
-    static inline void tensorgate_copy_message(const tensorgate::StreamMessage& m, char* dst) {
-      std::vector<grpc::Slice> slices;
-      if (!m.data.Dump(&slices).ok()) return;
-      for (const grpc::Slice& s : slices) {
-        std::memcpy(dst, s.begin(), s.size());
-        dst += s.size();
-      }
-    }
-    """
-    size_t tensorgate_message_size(const StreamMessage& m)
-    void tensorgate_copy_message(const StreamMessage& m, char* dst)
-
-
 class NativeAbort(Exception):
     """Raised by ``NativeCall.abort``: the call ends with this status and message."""
 
@@ -98,7 +79,6 @@ class NativeAbort(Exception):
         self.details = details
 
 
-cdef int _CANCELLED = 1
 cdef int _INTERNAL = 13
 
 
@@ -241,9 +221,8 @@ cdef NativeCall _wrap(InferCall* call):
 
 cdef NativeStreamMessage _wrap_message(StreamMessage& message):
     cdef NativeStreamMessage wrapped = NativeStreamMessage.__new__(NativeStreamMessage)
-    cdef size_t size = tensorgate_message_size(message)
-    cdef bytes data = PyBytes_FromStringAndSize(NULL, size)
-    tensorgate_copy_message(message, PyBytes_AS_STRING(data))
+    cdef bytes data = PyBytes_FromStringAndSize(NULL, message.data.Length())
+    CopyBytes(message.data, PyBytes_AS_STRING(data))
     wrapped._stream = message.stream  # takes over the reference the front end took
     wrapped._ctx = message.stream.context()
     wrapped.id = message.stream.id()

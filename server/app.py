@@ -36,6 +36,7 @@ from tensorgate.routing.manager import RouteManager
 from tensorgate.runtime import heap
 from tensorgate.runtime import model as runtime_model
 from tensorgate.security.config import from_settings as security_from_settings
+from tensorgate.security.tls import server_credentials
 from tensorgate.settings import Settings
 
 log = logging.getLogger("tensorgate")
@@ -156,8 +157,8 @@ async def serve(settings: Settings) -> int:
             return 1
         grpc_port = frontend.port
         dispatcher = native_grpc.NativeInferDispatcher(frontend, service)
-    elif security.credentials is not None:
-        grpc_port = server.add_secure_port(address, security.credentials)
+    elif security.tls is not None:
+        grpc_port = server.add_secure_port(address, server_credentials(security.tls))
     else:
         grpc_port = server.add_insecure_port(address)
     log.info("gRPC security: %s; front end: %s", security.summary,

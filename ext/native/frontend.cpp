@@ -37,15 +37,17 @@ InferCall::InferCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx
   StartRead(&request_);
 }
 
-void InferCall::copy_request(char* dst) const {
+void CopyBytes(const grpc::ByteBuffer& buffer, char* dst) {
   std::vector<grpc::Slice> slices;
   // Dump references the slices (no copy); the one copy is into the caller's buffer.
-  if (!request_.Dump(&slices).ok()) return;
+  if (!buffer.Dump(&slices).ok()) return;
   for (const grpc::Slice& s : slices) {
     std::memcpy(dst, s.begin(), s.size());
     dst += s.size();
   }
 }
+
+void InferCall::copy_request(char* dst) const { CopyBytes(request_, dst); }
 
 std::string Peer(grpc::GenericCallbackServerContext* ctx) { return ctx->peer(); }
 

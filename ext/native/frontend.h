@@ -50,6 +50,10 @@ struct FrontendConfig {
   bool require_client_cert = false;
 };
 
+// A message's bytes, however grpc++ sliced them, into one contiguous buffer of
+// buffer.Length() bytes at `dst`: the one copy of a request on its way to Python.
+void CopyBytes(const grpc::ByteBuffer& buffer, char* dst);
+
 // What Python reads of a call's context (its metadata, peer and deadline).
 std::string Peer(grpc::GenericCallbackServerContext* ctx);
 void Metadata(grpc::GenericCallbackServerContext* ctx,

@@ -37,6 +37,7 @@ STREAM_METHOD = f"/{SERVICE}/ModelStreamInfer"
 DEFAULT_MAX_WAITING = 3000
 
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_CANCELLED_MESSAGE = "ModelInfer: cancelled"
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 
 
@@ -111,7 +112,7 @@ class NativeInferDispatcher:
 
     def _answer_cancelled(self, call, task) -> None:
         self._running.pop(call.id, None)
-        call.fail(_CANCELLED, "ModelInfer: cancelled")  # ignored if _serve answered
+        call.fail(_CANCELLED, _CANCELLED_MESSAGE)  # ignored if _serve answered
 
     def _message_done(self, message, tasks: set, task: asyncio.Task) -> None:
         tasks.discard(task)
@@ -140,7 +141,7 @@ class NativeInferDispatcher:
         except NativeAbort as exc:
             call.fail(exc.code, exc.details)
         except asyncio.CancelledError:
-            call.fail(_CANCELLED, "ModelInfer: cancelled")
+            call.fail(_CANCELLED, _CANCELLED_MESSAGE)
         except BaseException:  # model_infer maps every error itself; this is a bug
             log.exception("ModelInfer: unexpected error in the native front end")
             call.fail(_INTERNAL, "ModelInfer: internal error (see the server log)")

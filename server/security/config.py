@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import grpc
-
 from tensorgate.security.auth import TokenTable
 from tensorgate.security.guard import Guard
-from tensorgate.security.tls import TlsKeys, server_credentials
+from tensorgate.security.tls import TlsKeys
 from tensorgate.tensors import Limits
 
 AUTH_TOKENS_ENV = "TENSORGATE_AUTH_TOKENS"
@@ -19,8 +17,7 @@ AUTH_TOKENS_ENV = "TENSORGATE_AUTH_TOKENS"
 class Security:
     guard: Guard | None
     limits: Limits
-    credentials: grpc.ServerCredentials | None  # None: plaintext
-    tls: TlsKeys | None  # the same keys as PEM bytes, for the native front end
+    tls: TlsKeys | None  # None: plaintext
     summary: str  # for the log; never holds a token
 
 
@@ -39,16 +36,15 @@ def from_settings(settings, environ=None) -> Security:
         # Every element takes at least one byte of the message, so a tensor can never
         # hold more elements than the largest message has bytes.
         limits = Limits(message_bytes, settings.max_bytes_element, "--max-message-mb")
-    credentials = tls = None
+    tls = None
     if settings.tls_cert is not None:
         tls = TlsKeys.read(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        credentials = server_credentials(tls)
     parts = [
-        "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+        "mutual TLS" if settings.tls_client_ca else "TLS" if tls else "plaintext",
         f"auth: {len(tokens)} token(s)" if tokens is not None else "auth: off",
     ]
     if guard is not None and guard.limiter is not None:
         parts.append(f"rate limit: {guard.limiter.describe()} per client")
     if settings.max_inflight:
         parts.append(f"max in flight: {settings.max_inflight}")
-    return Security(guard, limits, credentials, tls, ", ".join(parts))
+    return Security(guard, limits, tls, ", ".join(parts))
