@@ -46,7 +46,9 @@ cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
 
     cdef cppclass StreamCall:
         uint64_t id()
-        GenericCallbackServerContext* context()
+        const vector[pair[string, string]]& metadata()
+        const string& peer()
+        double TimeRemaining(cbool* has_deadline)
         void Unref()
         void Write(const char* data, size_t size)
         void Skip()
@@ -83,20 +85,27 @@ cdef int _INTERNAL = 13
 
 
 cdef class _CallContext:
-    """What the inference handler reads of a call, as on grpc.aio's context. Valid while
-    the call is unanswered (``_ctx`` is cleared when it is answered)."""
+    """What the inference handler reads of a call, as on grpc.aio's context; the
+    subclasses say where it comes from (``_read_*``)."""
 
-    cdef GenericCallbackServerContext* _ctx
     cdef object _metadata
+
+    cdef bint _read_metadata(self, vector[pair[string, string]]* out):
+        return False  # no context (any more)
+
+    cdef bint _read_peer(self, string* out):
+        return False
+
+    cdef bint _read_time_remaining(self, double* left, cbool* has_deadline):
+        return False
 
     def invocation_metadata(self):
         """(key, value) pairs as grpc.aio gives them: str values, bytes for -bin keys."""
         cdef vector[pair[string, string]] items
         cdef size_t i
         if self._metadata is None:
-            if self._ctx == NULL:
+            if not self._read_metadata(&items):
                 return ()
-            Metadata(self._ctx, &items)
             out = []
             for i in range(items.size()):
                 key = items[i].first.decode("latin-1")
@@ -108,17 +117,17 @@ cdef class _CallContext:
         return self._metadata
 
     def peer(self) -> str:
-        if self._ctx == NULL:
+        cdef string peer
+        if not self._read_peer(&peer):
             return ""
-        return Peer(self._ctx).decode("utf-8", "replace")
+        return peer.decode("utf-8", "replace")
 
     def time_remaining(self):
         """Seconds to the caller's deadline, None without one (as grpc.aio)."""
         cdef cbool has_deadline = False
-        cdef double left
-        if self._ctx == NULL:
+        cdef double left = 0.0
+        if not self._read_time_remaining(&left, &has_deadline):
             return 0.0
-        left = TimeRemaining(self._ctx, &has_deadline)
         return left if has_deadline else None
 
     def abort(self, code, details: str):
@@ -127,9 +136,30 @@ cdef class _CallContext:
 
 
 cdef class NativeCall(_CallContext):
-    """One ModelInfer call, held by Python until ``finish`` or ``fail`` answers it."""
+    """One ModelInfer call, held by Python until ``finish`` or ``fail`` answers it. Its
+    context is grpc++'s own, read while the call is unanswered (``_ctx`` is cleared when
+    it is answered: grpc++ frees it then)."""
 
     cdef InferCall* _call
+    cdef GenericCallbackServerContext* _ctx
+
+    cdef bint _read_metadata(self, vector[pair[string, string]]* out):
+        if self._ctx == NULL:
+            return False
+        Metadata(self._ctx, out)
+        return True
+
+    cdef bint _read_peer(self, string* out):
+        if self._ctx == NULL:
+            return False
+        out[0] = Peer(self._ctx)
+        return True
+
+    cdef bint _read_time_remaining(self, double* left, cbool* has_deadline):
+        if self._ctx == NULL:
+            return False
+        left[0] = TimeRemaining(self._ctx, has_deadline)
+        return True
     cdef readonly uint64_t id
     cdef readonly bytes data  # the serialized ModelInferRequest
 
@@ -167,10 +197,22 @@ cdef class NativeStreamMessage(_CallContext):
     answered once: ``answer`` writes its response, ``skip`` sends none, ``fail`` ends
     the stream with a status."""
 
-    cdef StreamCall* _stream
+    cdef StreamCall* _stream  # a reference: the stream's copy of its context lives on
     cdef bint _answered
     cdef readonly uint64_t id
     cdef readonly bytes data  # the serialized ModelInferRequest
+
+    cdef bint _read_metadata(self, vector[pair[string, string]]* out):
+        out[0] = self._stream.metadata()
+        return True
+
+    cdef bint _read_peer(self, string* out):
+        out[0] = self._stream.peer()
+        return True
+
+    cdef bint _read_time_remaining(self, double* left, cbool* has_deadline):
+        left[0] = self._stream.TimeRemaining(has_deadline)
+        return True
 
     def answer(self, bytes body not None):
         cdef const char* data = PyBytes_AS_STRING(body)
@@ -178,7 +220,6 @@ cdef class NativeStreamMessage(_CallContext):
         if self._answered:
             return
         self._answered = True
-        self._ctx = NULL
         with nogil:
             self._stream.Write(data, size)
 
@@ -186,7 +227,6 @@ cdef class NativeStreamMessage(_CallContext):
         if self._answered:
             return
         self._answered = True
-        self._ctx = NULL
         with nogil:
             self._stream.Skip()
 
@@ -195,7 +235,6 @@ cdef class NativeStreamMessage(_CallContext):
         if self._answered:
             return
         self._answered = True
-        self._ctx = NULL
         with nogil:
             self._stream.Fail(code, text)
 
@@ -224,7 +263,6 @@ cdef NativeStreamMessage _wrap_message(StreamMessage& message):
     cdef bytes data = PyBytes_FromStringAndSize(NULL, message.data.Length())
     CopyBytes(message.data, PyBytes_AS_STRING(data))
     wrapped._stream = message.stream  # takes over the reference the front end took
-    wrapped._ctx = message.stream.context()
     wrapped.id = message.stream.id()
     wrapped.data = data
     return wrapped

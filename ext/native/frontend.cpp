@@ -60,7 +60,10 @@ void Metadata(grpc::GenericCallbackServerContext* ctx,
 }
 
 double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline) {
-  const auto deadline = ctx->deadline();
+  return SecondsUntil(ctx->deadline(), has_deadline);
+}
+
+double SecondsUntil(std::chrono::system_clock::time_point deadline, bool* has_deadline) {
   if (deadline == std::chrono::system_clock::time_point::max()) {
     *has_deadline = false;
     return 0.0;
@@ -121,8 +124,13 @@ void InferCall::OnDone() { delete this; }
 
 StreamCall::StreamCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx,
                        uint64_t id)
-    : frontend_(frontend), ctx_(ctx), id_(id) {
+    : frontend_(frontend), id_(id), peer_(ctx->peer()), deadline_(ctx->deadline()) {
+  Metadata(ctx, &metadata_);
   StartRead(&read_);
+}
+
+double StreamCall::TimeRemaining(bool* has_deadline) const {
+  return SecondsUntil(deadline_, has_deadline);
 }
 
 void StreamCall::OnReadDone(bool ok) {
@@ -181,17 +189,20 @@ void StreamCall::EndWith(const grpc::Status& status) {
   queued_.clear();
 }
 
-void StreamCall::OnCancel() { frontend_->Cancelled(id_); }
+void StreamCall::OnCancel() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    EndWith(grpc::Status(grpc::StatusCode::CANCELLED, "ModelStreamInfer: cancelled"));
+    Pump();
+  }
+  frontend_->Cancelled(id_);  // Python cancels the messages it still runs
+}
 
 void StreamCall::Pump() {
   if (finished_ || writing_) return;
-  if (fail_wanted_) {
-    // Finished only once Python answered every message it holds: until then it may
-    // still read the call's context, which grpc++ frees after the end.
-    if (unanswered_ == 0) {
-      finished_ = true;
-      Finish(status_);
-    }
+  if (fail_wanted_) {  // messages Python still holds are answered into the void
+    finished_ = true;
+    Finish(status_);
     return;
   }
   if (!queued_.empty()) {

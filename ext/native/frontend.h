@@ -22,6 +22,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -61,6 +62,7 @@ void Metadata(grpc::GenericCallbackServerContext* ctx,
 // Seconds left until the caller's deadline (negative once it passed); `has_deadline` is
 // false when the caller set none.
 double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline);
+double SecondsUntil(std::chrono::system_clock::time_point deadline, bool* has_deadline);
 
 // One ModelInfer call, from its arrival to the Python side's answer.
 class InferCall final : public grpc::ServerGenericBidiReactor {
@@ -98,9 +100,11 @@ class InferCall final : public grpc::ServerGenericBidiReactor {
 // One ModelStreamInfer stream. Each request message goes to Python on its own (the
 // inbox's StreamMessage) and is answered once, with a response message or none (Skip);
 // responses go out in the order they are answered, one write in flight at a time. The
-// stream ends OK once the caller half-closed and every message was answered, or with the
-// status Python gives Fail (a stream whose credentials were refused) once the messages
-// Python still holds are answered.
+// stream ends OK once the caller half-closed and every message was answered; with the
+// status Python gives Fail (a stream whose credentials were refused) at once; and at
+// once, too, when the caller cancels it or the server's shutdown grace ran out.
+// What Python reads of the stream's context (metadata, peer, deadline) is copied once
+// at the start, so no end of the stream waits on the messages Python still holds.
 // Python holds a reference per message it has (Ref/Unref): the object outlives grpc++'s
 // OnDone until the last one is let go; answers after the end are ignored.
 class StreamCall final : public grpc::ServerGenericBidiReactor {
@@ -108,7 +112,12 @@ class StreamCall final : public grpc::ServerGenericBidiReactor {
   StreamCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id);
 
   uint64_t id() const { return id_; }
-  grpc::GenericCallbackServerContext* context() const { return ctx_; }
+  // The context as it was at the start (valid for as long as Python holds a reference).
+  const std::vector<std::pair<std::string, std::string>>& metadata() const {
+    return metadata_;
+  }
+  const std::string& peer() const { return peer_; }
+  double TimeRemaining(bool* has_deadline) const;
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void Unref() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -128,8 +137,10 @@ class StreamCall final : public grpc::ServerGenericBidiReactor {
   void EndWith(const grpc::Status& status);  // with mu_ held: no more writes
 
   Frontend* const frontend_;
-  grpc::GenericCallbackServerContext* const ctx_;
   const uint64_t id_;
+  std::vector<std::pair<std::string, std::string>> metadata_;
+  const std::string peer_;
+  const std::chrono::system_clock::time_point deadline_;
   std::mutex mu_;
   grpc::ByteBuffer read_;
   grpc::ByteBuffer in_flight_;          // the response being written
