@@ -60,7 +60,7 @@ cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
 
     cdef cppclass FrontendStats:
         uint64_t infer_started, stream_messages, infer_shed, relayed_started
-        uint64_t infer_waiting, infer_with_python
+        uint64_t infer_waiting, infer_with_python, stream_messages_with_python
 
     cdef cppclass Frontend:
         Frontend(const FrontendConfig&) except +
@@ -336,6 +336,7 @@ cdef class NativeFrontend:
             "relayed_started": s.relayed_started,
             "infer_waiting": s.infer_waiting,
             "infer_with_python": s.infer_with_python,
+            "stream_messages_with_python": s.stream_messages_with_python,
         }
 
     def __dealloc__(self):

@@ -151,14 +151,40 @@ void StreamCall::OnReadDone(bool ok) {
 
 void StreamCall::Write(const char* data, size_t size) {
   grpc::Slice slice(data, size);  // the one copy of the response bytes
-  std::lock_guard<std::mutex> lock(mu_);
-  if (finished_) return;
-  --unanswered_;
-  if (!fail_wanted_) queued_.emplace_back(&slice, 1);
-  Pump();
+  Queue(std::move(slice), frontend_->MessageAnswered());
+}
+
+void StreamCall::Queue(grpc::Slice response, bool inline_ok) {
+  bool defer = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    --unanswered_;
+    if (fail_wanted_) return;  // the end is on its way: nothing more goes out
+    queued_.emplace_back(&response, 1);
+    if (writing_ || flush_pending_) return;  // OnWriteDone or the Flush takes it
+    if (inline_ok) {
+      Pump();
+    } else {
+      flush_pending_ = true;
+      Ref();  // the responder's, until Flush ran
+      defer = true;
+    }
+  }
+  if (defer) frontend_->Defer(this);
+}
+
+void StreamCall::Flush() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    flush_pending_ = false;
+    Pump();
+  }
+  Unref();  // may delete this: after mu_ is let go
 }
 
 void StreamCall::Skip() {
+  frontend_->MessageAnswered();
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;
   --unanswered_;
@@ -166,6 +192,7 @@ void StreamCall::Skip() {
 }
 
 void StreamCall::Fail(int code, const std::string& message) {
+  frontend_->MessageAnswered();
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;
   --unanswered_;  // this message's answer is the stream's end
@@ -199,7 +226,7 @@ void StreamCall::OnCancel() {
 }
 
 void StreamCall::Pump() {
-  if (finished_ || writing_) return;
+  if (finished_ || writing_ || flush_pending_) return;
   if (fail_wanted_) {  // messages Python still holds are answered into the void
     finished_ = true;
     Finish(status_);
@@ -422,21 +449,35 @@ Frontend::~Frontend() {
 
 void Frontend::Respond(InferCall* call) {
   // with_python_ still counts this call: 1 means the loop holds nothing else.
-  if (with_python_.fetch_sub(1, std::memory_order_relaxed) <= 1) {
+  const int64_t others = with_python_.fetch_sub(1, std::memory_order_relaxed) - 1 +
+                         messages_with_python_.load(std::memory_order_relaxed);
+  if (others <= 0) {
     call->Send();
     return;
   }
+  Hand(Outgoing{call, nullptr});
+}
+
+bool Frontend::MessageAnswered() {
+  const int64_t others = messages_with_python_.fetch_sub(1, std::memory_order_relaxed) - 1 +
+                         with_python_.load(std::memory_order_relaxed);
+  return others <= 0;
+}
+
+void Frontend::Defer(StreamCall* stream) { Hand(Outgoing{nullptr, stream}); }
+
+void Frontend::Hand(Outgoing work) {
   bool first;
   {
     std::lock_guard<std::mutex> lock(out_mu_);
     first = outbox_.empty();
-    outbox_.push_back(call);
+    outbox_.push_back(work);
   }
   if (first) out_cv_.notify_one();
 }
 
 void Frontend::RunResponder() {
-  std::vector<InferCall*> batch;
+  std::vector<Outgoing> batch;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(out_mu_);
@@ -444,7 +485,13 @@ void Frontend::RunResponder() {
       if (outbox_.empty()) return;  // stopping, and nothing left to send
       batch.swap(outbox_);
     }
-    for (InferCall* call : batch) call->Send();
+    for (const Outgoing& work : batch) {
+      if (work.call != nullptr) {
+        work.call->Send();
+      } else {
+        work.stream->Flush();
+      }
+    }
     batch.clear();
   }
 }
@@ -495,6 +542,7 @@ void Frontend::Submit(StreamCall* stream, grpc::ByteBuffer message) {
     std::lock_guard<std::mutex> lock(mu_);
     if (inbox_.size() + messages_.size() < static_cast<size_t>(config_.max_waiting)) {
       stream->Ref();  // Python's, until it lets the message go
+      messages_with_python_.fetch_add(1, std::memory_order_relaxed);
       messages_.push_back(StreamMessage{stream, std::move(message)});
       Wake();
       return;
@@ -512,7 +560,7 @@ void Frontend::Submit(StreamCall* stream, grpc::ByteBuffer message) {
     wire.push_back(static_cast<char>((n & 0x7f) | 0x80));
   }
   wire += text;
-  stream->Write(wire.data(), wire.size());
+  stream->Queue(grpc::Slice(wire), /*inline_ok=*/true);  // on grpc++'s thread
 }
 
 void Frontend::Cancelled(uint64_t id) {
@@ -549,6 +597,7 @@ FrontendStats Frontend::stats() const {
   s.infer_shed = infer_shed_.load();
   s.relayed_started = relayed_started_.load();
   s.infer_with_python = static_cast<uint64_t>(with_python_.load());
+  s.stream_messages_with_python = static_cast<uint64_t>(messages_with_python_.load());
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.infer_waiting = inbox_.size() + messages_.size();

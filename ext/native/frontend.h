@@ -107,6 +107,8 @@ class InferCall final : public grpc::ServerGenericBidiReactor {
 // at the start, so no end of the stream waits on the messages Python still holds.
 // Python holds a reference per message it has (Ref/Unref): the object outlives grpc++'s
 // OnDone until the last one is let go; answers after the end are ignored.
+// A write Python's answer starts goes the way of a ModelInfer answer (Frontend::Respond):
+// inline when the loop holds nothing else, else the responder thread starts it (Flush).
 class StreamCall final : public grpc::ServerGenericBidiReactor {
  public:
   StreamCall(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id);
@@ -123,9 +125,11 @@ class StreamCall final : public grpc::ServerGenericBidiReactor {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
-  void Write(const char* data, size_t size);  // answers one message with a response
-  void Skip();                                // answers one message with nothing
+  // Python's answer to one of its messages: a response, none, or the stream's end.
+  void Write(const char* data, size_t size);
+  void Skip();
   void Fail(int code, const std::string& message);
+  void Flush();  // the responder thread: starts the write Write left to it
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -133,6 +137,8 @@ class StreamCall final : public grpc::ServerGenericBidiReactor {
   void OnDone() override { Unref(); }
 
  private:
+  friend class Frontend;
+  void Queue(grpc::Slice response, bool inline_ok);  // one message answered with it
   void Pump();  // with mu_ held: the next write, or the end once all is answered
   void EndWith(const grpc::Status& status);  // with mu_ held: no more writes
 
@@ -147,6 +153,7 @@ class StreamCall final : public grpc::ServerGenericBidiReactor {
   std::deque<grpc::ByteBuffer> queued_;  // responses waiting for it
   int unanswered_ = 0;                  // messages handed to Python, not answered yet
   bool writing_ = false, reads_done_ = false, fail_wanted_ = false, finished_ = false;
+  bool flush_pending_ = false;  // the responder will start the next write
   grpc::Status status_;
   std::atomic<int> refs_{1};  // grpc++'s, until OnDone, and one per message Python holds
 };
@@ -164,6 +171,7 @@ struct FrontendStats {
   uint64_t relayed_started = 0;   // other methods relayed to the grpc.aio server
   uint64_t infer_waiting = 0;     // now: read, not yet drained by the event loop
   uint64_t infer_with_python = 0; // now: drained, not yet answered
+  uint64_t stream_messages_with_python = 0;  // the same for stream messages
 };
 
 class Frontend final : public grpc::CallbackGenericService {
@@ -199,6 +207,16 @@ class Frontend final : public grpc::CallbackGenericService {
   // call (lowest latency), else through the responder thread, so that grpc++'s write
   // path (framing, the socket write) runs beside the loop instead of on it.
   void Respond(InferCall* call);
+  // A stream message Python answered (whatever the answer): true when the loop holds
+  // nothing else, so that the write it starts may run inline.
+  bool MessageAnswered();
+  void Defer(StreamCall* stream);  // Flush on the responder thread (Ref'd for it)
+  // The responder's work: an answered call to send, or a stream to Flush.
+  struct Outgoing {
+    InferCall* call;
+    StreamCall* stream;
+  };
+  void Hand(Outgoing work);        // to the responder thread
   void RunResponder();
 
   const FrontendConfig config_;
@@ -216,12 +234,13 @@ class Frontend final : public grpc::CallbackGenericService {
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint64_t> infer_started_{0}, infer_shed_{0}, relayed_started_{0};
   std::atomic<uint64_t> stream_messages_{0};
-  std::atomic<int64_t> with_python_{0};
+  std::atomic<int64_t> with_python_{0};           // ModelInfer calls Python holds
+  std::atomic<int64_t> messages_with_python_{0};  // stream messages Python holds
   std::atomic<bool> shut_down_{false};
 
   std::mutex out_mu_;
   std::condition_variable out_cv_;
-  std::vector<InferCall*> outbox_;
+  std::vector<Outgoing> outbox_;
   bool responder_stop_ = false;
   std::thread responder_;
 };

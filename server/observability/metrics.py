@@ -269,8 +269,9 @@ class NativeFrontendCollector:
         )
         yield GaugeMetricFamily(
             "tensorgate_native_infer_in_python",
-            "ModelInfer calls the event loop holds and has not answered yet",
-            value=s["infer_with_python"],
+            "ModelInfer calls and stream messages the event loop holds and has not "
+            "answered yet",
+            value=s["infer_with_python"] + s["stream_messages_with_python"],
         )
 
 

@@ -250,6 +250,8 @@ def test_stream_messages_are_answered_in_answer_order_and_the_stream_ends(fronte
         assert len({m.id for m in messages}) == 1  # one stream
         assert dict(by_data[b"m1"].invocation_metadata())["x-key"] == "v"
         assert 25 < by_data[b"m1"].time_remaining() <= 30 + DEADLINE_ROUNDING_S
+        assert frontend.stats()["stream_messages_with_python"] == 3
+        # Answers while the loop holds others go out through the responder thread.
         by_data[b"m2"].answer(b"r2")
         by_data[b"m1"].answer(b"r1")
         by_data[b"m3"].skip()  # answered with nothing
@@ -257,6 +259,7 @@ def test_stream_messages_are_answered_in_answer_order_and_the_stream_ends(fronte
         assert list(responses) == [b"r2", b"r1"]  # then the stream ended OK
         assert responses.code() == grpc.StatusCode.OK
     assert frontend.stats()["stream_messages"] == 3
+    assert frontend.stats()["stream_messages_with_python"] == 0
 
 
 def test_a_failed_stream_ends_with_its_status_at_once(frontend):
