@@ -1,8 +1,10 @@
 #!/bin/bash
 # Streams under abrupt client exits: six perf_analyzer --streaming c=64 runs killed
 # (SIGKILL) mid-run, one full run, then the front end must hold nothing and exit 0.
-# Run from the repository root after python bench/models.py /tmp/benchrepo.
-(cd /tmp; exec /tmp/venvtry/bin/python -c "import sys; from tensorgate.cli import main; sys.exit(main())" serve --model-repository /tmp/benchrepo --grpc-port 18771 --metrics-port 18772) > /tmp/stream-stress-stress-srv.log 2>&1 &
+# Run from the repository root after python bench/models.py /tmp/benchrepo; VENV=dir
+# picks the build (default .venv).
+venv=$(realpath "${VENV:-.venv}")
+(cd /tmp; exec "$venv/bin/python" -c "import sys; from tensorgate.cli import main; sys.exit(main())" serve --model-repository /tmp/benchrepo --grpc-port 18771 --metrics-port 18772) > /tmp/stream-stress-stress-srv.log 2>&1 &
 pid=$!
 for i in $(seq 1 100); do grep -q "ready" /tmp/stream-stress-stress-srv.log && break; sleep 0.2; done
 echo "RSS start $(ps -o rss= -p $pid)"
