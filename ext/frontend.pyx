@@ -142,6 +142,8 @@ cdef class NativeCall(_CallContext):
 
     cdef InferCall* _call
     cdef GenericCallbackServerContext* _ctx
+    cdef readonly uint64_t id
+    cdef readonly bytes data  # the serialized ModelInferRequest
 
     cdef bint _read_metadata(self, vector[pair[string, string]]* out):
         if self._ctx == NULL:
@@ -160,8 +162,6 @@ cdef class NativeCall(_CallContext):
             return False
         left[0] = TimeRemaining(self._ctx, has_deadline)
         return True
-    cdef readonly uint64_t id
-    cdef readonly bytes data  # the serialized ModelInferRequest
 
     def finish(self, bytes body not None):
         """Answers OK with ``body`` (a serialized ModelInferResponse)."""

@@ -447,22 +447,23 @@ Frontend::~Frontend() {
   if (event_fd_ >= 0) close(event_fd_);
 }
 
+bool Frontend::LetGo(std::atomic<int64_t>& held) {
+  held.fetch_sub(1, std::memory_order_relaxed);
+  // Only chooses inline or the responder: either is correct, so a racing count is fine.
+  return with_python_.load(std::memory_order_relaxed) +
+             messages_with_python_.load(std::memory_order_relaxed) <=
+         0;
+}
+
 void Frontend::Respond(InferCall* call) {
-  // with_python_ still counts this call: 1 means the loop holds nothing else.
-  const int64_t others = with_python_.fetch_sub(1, std::memory_order_relaxed) - 1 +
-                         messages_with_python_.load(std::memory_order_relaxed);
-  if (others <= 0) {
+  if (LetGo(with_python_)) {
     call->Send();
     return;
   }
   Hand(Outgoing{call, nullptr});
 }
 
-bool Frontend::MessageAnswered() {
-  const int64_t others = messages_with_python_.fetch_sub(1, std::memory_order_relaxed) - 1 +
-                         with_python_.load(std::memory_order_relaxed);
-  return others <= 0;
-}
+bool Frontend::MessageAnswered() { return LetGo(messages_with_python_); }
 
 void Frontend::Defer(StreamCall* stream) { Hand(Outgoing{nullptr, stream}); }
 

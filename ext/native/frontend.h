@@ -207,8 +207,10 @@ class Frontend final : public grpc::CallbackGenericService {
   // call (lowest latency), else through the responder thread, so that grpc++'s write
   // path (framing, the socket write) runs beside the loop instead of on it.
   void Respond(InferCall* call);
-  // A stream message Python answered (whatever the answer): true when the loop holds
-  // nothing else, so that the write it starts may run inline.
+  // Python let go of a call or message (`held` counts its kind): true when the loop
+  // now holds nothing else, so that the answer may be sent inline.
+  bool LetGo(std::atomic<int64_t>& held);
+  // A stream message Python answered (whatever the answer): LetGo for messages.
   bool MessageAnswered();
   void Defer(StreamCall* stream);  // Flush on the responder thread (Ref'd for it)
   // The responder's work: an answered call to send, or a stream to Flush.
