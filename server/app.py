@@ -105,7 +105,8 @@ async def serve(settings: Settings) -> int:
     runtime_model.INLINE_MAX_US = settings.inline_max_us
     root = settings.model_repository or demo_repository()
     repository = ModelRepository(
-        Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs
+        Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs,
+        allow_symlinks_outside=settings.allow_symlinks_outside_repository,
     )
     state = ServerState(repository, settings.strict_readiness)
     server = grpc.aio.server(options=grpc_server_options(settings))

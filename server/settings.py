@@ -86,6 +86,15 @@ class Settings:
             "to a worker thread and back. 0 sends every request through the batcher."
         ),
     )
+    allow_symlinks_outside_repository: bool = field(
+        default=False,
+        metadata=_doc(
+            "Serve model directories and files that are symbolic links leading outside "
+            "the repository (e.g. onto a shared volume). Off: they are skipped by the "
+            "scan and refused by RepositoryModelLoad, so no name a caller sends and no "
+            "link in the repository makes the server read outside it."
+        ),
+    )
     repository_poll_secs: float = field(
         default=0.0,
         metadata=_doc(
@@ -259,11 +268,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         default = f.default if f.default is not None else "(see above)"
+        # A boolean flag given alone means true ("--gc-freeze" = "--gc-freeze true").
+        boolean = _field_type(f) is bool
         parser.add_argument(
             flag,
             dest=f.name,
             default=None,
-            metavar=f.name.upper(),
+            metavar="BOOL" if boolean else f.name.upper(),
+            nargs="?" if boolean else None,
+            const="true" if boolean else None,
             help=f"{f.metadata['doc']} Env: {env}. Default: {default}.",
         )
 

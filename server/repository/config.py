@@ -39,9 +39,8 @@ class ParsedConfig:
     max_batch_size_given: bool  # proto3 cannot tell "absent" from 0; the text can
 
 
-def parse_config(model_dir: Path) -> ParsedConfig:
-    """Read ``<model_dir>/config.pbtxt`` if present; an empty config otherwise."""
-    path = model_dir / "config.pbtxt"
+def parse_config(path: Path) -> ParsedConfig:
+    """Read a model's ``config.pbtxt`` if present; an empty config otherwise."""
     config = mc.ModelConfig()
     if not path.exists():
         return ParsedConfig(config, False)

@@ -8,15 +8,6 @@ from pathlib import Path
 from tensorgate._proto.inference import model_config_pb2 as mc
 
 
-def model_dirs(repo: Path) -> dict[str, Path]:
-    """Every model directory in the repository, by name (hidden entries skipped)."""
-    return {
-        p.name: p
-        for p in sorted(repo.iterdir())
-        if p.is_dir() and not p.name.startswith((".", "_"))
-    }
-
-
 def versions_on_disk(model_dir: Path) -> list[int]:
     """Numeric version directories, ascending. Non-numeric names are not versions."""
     out = []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tensorgate.errors import ModelLoadError, ModelLoadFailed, NotFound, Unavailable
 from tensorgate.repository.config import parse_config
-from tensorgate.repository.layout import model_dirs, select_versions, versions_on_disk
+from tensorgate.repository.layout import select_versions, versions_on_disk
+from tensorgate.repository.paths import ModelFiles, RepositoryPaths
 from tensorgate.runtime.model import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion
 
 log = logging.getLogger("tensorgate.repository")
@@ -46,21 +47,25 @@ class Table:
     default: dict[str, ModelVersion]
 
 
-def _source_signature(model_dir: Path, version: int, parsed) -> tuple | None:
+def _source_signature(files: ModelFiles, version: int, parsed) -> tuple | None:
     """(config text, model file size and mtime) of one version; None if unreadable."""
     filename = parsed.config.default_model_filename or "model.onnx"
     try:
-        st = (model_dir / str(version) / filename).stat()
-        config = model_dir / "config.pbtxt"
+        st = files.model(version, filename).stat()
+        config = files.config()
         text = config.read_bytes() if config.exists() else b""
-    except OSError:
+    except (OSError, ModelLoadError):
         return None
     return (text, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class ModelRepository:
-    def __init__(self, root: Path, default_max_batch_size: int, drain_timeout: float) -> None:
+    def __init__(
+        self, root: Path, default_max_batch_size: int, drain_timeout: float,
+        allow_symlinks_outside: bool = False,
+    ) -> None:
         self.root = root
+        self.paths = RepositoryPaths(root, allow_symlinks_outside)
         self._default_max_batch_size = default_max_batch_size
         self._drain_timeout = drain_timeout
         self._entries: dict[str, ModelEntry] = {}
@@ -90,26 +95,29 @@ class ModelRepository:
         raise self._why_not(name, version)
 
     def _why_not(self, name: str, version: str) -> Exception:
+        # Messages begin with Triton's words for the same condition (scripts match them).
+        unknown = f"Request for unknown model: '{name}'"
         entry = self._entries.get(name)
         if entry is None:
-            return NotFound(f"unknown model '{name}'")
+            return NotFound(f"{unknown} is not found")
         if version:
             if not version.isdigit() or int(version) not in entry.versions:
                 ready = sorted(v for v, s in entry.versions.items() if s.state == READY)
                 listed = ", ".join(str(v) for v in ready) or "none"
                 return NotFound(
-                    f"model '{name}' has no version '{version}' (versions served: {listed})"
+                    f"{unknown} version {version} is not found (versions served: {listed})"
                 )
             state = entry.versions[int(version)]
             return Unavailable(
-                f"model '{name}' version {version} is not ready: {state.state}"
+                f"{unknown} version {version} is not at ready state: {state.state}"
                 + (f" ({state.reason})" if state.reason else "")
             )
         detail = entry.reason or next(
             (s.reason for s in entry.versions.values() if s.reason), ""
         )
         return Unavailable(
-            f"model '{name}' is not ready: {entry.state}" + (f" ({detail})" if detail else "")
+            f"{unknown} has no available versions: {entry.state}"
+            + (f" ({detail})" if detail else "")
         )
 
     def known(self, name: str) -> bool:
@@ -126,7 +134,7 @@ class ModelRepository:
         rows = []
         names = set(self._entries)
         try:
-            names |= set(model_dirs(self.root))
+            names |= set(self.paths.model_dirs())
         except OSError:
             pass
         for name in sorted(names):
@@ -144,25 +152,28 @@ class ModelRepository:
 
     async def load_all(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        names = list(model_dirs(self.root))
+        names = list(self.paths.model_dirs())
         # A model that fails is logged and listed by RepositoryIndex; the rest serve.
         await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
 
     async def load(self, name: str) -> None:
         """Load (or reload) a model: every version its policy selects."""
+        # Checked before anything is recorded under the name: a refused name leaves no
+        # lock, no index entry and no event behind.
+        model_dir = self.paths.model_dir(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            await self._load_locked(name)
+            await self._load_locked(name, self.paths.model_files(model_dir))
 
-    async def _load_locked(self, name: str) -> None:
-        model_dir = self.root / name
-        if not model_dir.is_dir():
+    async def _load_locked(self, name: str, files: ModelFiles) -> None:
+        model_dir = files.directory
+        if not model_dir.is_dir():  # removed while waiting for the lock
             raise NotFound(f"unknown model '{name}': no directory {name}/ in the repository")
         entry = self._entries.setdefault(name, ModelEntry(name))
         entry.state, entry.reason = LOADING, ""
         await self._notify("loading", name)
         try:
-            parsed = parse_config(model_dir)
+            parsed = parse_config(files.config())
             on_disk = versions_on_disk(model_dir)
             wanted = select_versions(parsed.config.version_policy, on_disk)
             if not wanted:
@@ -182,7 +193,7 @@ class ModelRepository:
         new: dict[int, ModelVersion] = {}
         # A version already serving from unchanged files (same config, same model file)
         # keeps serving as it is: a reload only loads what changed.
-        sigs = {v: _source_signature(model_dir, v, parsed) for v in wanted}
+        sigs = {v: _source_signature(files, v, parsed) for v in wanted}
         kept = {
             v: current[v] for v in wanted
             if v in current and sigs[v] is not None and current[v].source_sig == sigs[v]
@@ -193,7 +204,7 @@ class ModelRepository:
         loaded = await asyncio.gather(
             *(
                 asyncio.to_thread(
-                    ModelVersion.load, name, v, model_dir, parsed, self._default_max_batch_size
+                    ModelVersion.load, name, v, files, parsed, self._default_max_batch_size
                 )
                 for v in to_load
             ),
@@ -249,10 +260,10 @@ class ModelRepository:
             raise ModelLoadFailed(f"model '{name}' failed to load: " + "; ".join(failures))
 
     async def unload(self, name: str) -> None:
+        if name not in self._entries:  # no path is derived: no name check (as Triton)
+            raise NotFound(f"unknown model '{name}'")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            if name not in self._entries:
-                raise NotFound(f"unknown model '{name}'")
             entry = self._entries[name]
             current = self._loaded.pop(name, {})
             for version in current:

@@ -15,8 +15,6 @@ import logging
 import os
 from pathlib import Path
 
-from tensorgate.repository.layout import model_dirs
-
 log = logging.getLogger("tensorgate.repository")
 
 
@@ -54,7 +52,7 @@ class RepositoryWatcher:
 
     def _scan(self) -> dict[str, tuple]:
         try:
-            dirs = model_dirs(self.repository.root)
+            dirs = self.repository.paths.model_dirs()
         except OSError:
             return dict(self._seen)
         return {name: signature(path) for name, path in dirs.items()}

@@ -21,6 +21,7 @@ from tensorgate.errors import (
     TensorGateError,
     Unavailable,
 )
+from tensorgate.repository.paths import check_name
 from tensorgate.routing import layout
 from tensorgate.routing import rollout as ro
 from tensorgate.routing import store
@@ -314,8 +315,7 @@ class RouteManager:
     def _validate(self, spec: pb.Route, normalize: bool) -> list[str]:
         name = spec.name
         notes: list[str] = []
-        if not name or "/" in name:
-            raise InvalidArgument(f"invalid route name {name!r}")
+        check_name(name, "route")  # a route is addressed like a model
         if self.repository.known(name) or (self.repository.root / name).is_dir():
             raise InvalidArgument(f"route name '{name}' is a model's name; routes may not "
                                   "shadow models")

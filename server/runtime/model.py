@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
 from tensorgate._ext.batcher import QueuePolicy, Scheduler
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.batching.batcher import Batcher, BatchTimings, Pending
+from tensorgate.classification import read_labels
 from tensorgate.dtypes import BY_CONFIG
 from tensorgate.errors import ModelLoadError, RuntimeFailure
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.stats import VersionStats
+from tensorgate.repository.paths import ModelFiles
 from tensorgate.repository.config import (
     ParsedConfig,
     complete_config,
@@ -70,6 +71,21 @@ def _tensor_specs(entries) -> dict[str, TensorSpec]:
     return specs
 
 
+def _labels(config: mc.ModelConfig, files: ModelFiles) -> dict[str, list[str]]:
+    """Each output's class labels from its label_filename (classification extension)."""
+    labels = {}
+    for out in config.output:
+        if out.label_filename:
+            path = files.labels(out.label_filename)
+            try:
+                labels[out.name] = read_labels(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(
+                    f"output '{out.name}': label_filename {out.label_filename}: {exc}"
+                ) from None
+    return labels
+
+
 def _queue_policy(p: mc.ModelQueuePolicy) -> QueuePolicy:
     return QueuePolicy(
         timeout_action="DELAY" if p.timeout_action == mc.ModelQueuePolicy.DELAY else "REJECT",
@@ -107,6 +123,7 @@ class ModelVersion:
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher: Batcher | None = None
+        self.labels: dict[str, list[str]] = {}  # output -> class labels (label_filename)
         self.dynamic_batching = config.HasField("dynamic_batching") and self.max_batch_size > 0
         # TensorGate's one departure from Triton's batcher, on by default: a request that
         # finds the model idle (every other in-flight request already queued) is not held
@@ -123,13 +140,13 @@ class ModelVersion:
 
     @classmethod
     def load(
-        cls, name: str, version: int, model_dir: Path, parsed: ParsedConfig,
+        cls, name: str, version: int, files: ModelFiles, parsed: ParsedConfig,
         default_max_batch_size: int,
     ) -> "ModelVersion":
         """Build sessions and specs (blocking: call it off the event loop)."""
         started = time.monotonic()
         filename = parsed.config.default_model_filename or "model.onnx"
-        path = model_dir / str(version) / filename
+        path = files.model(version, filename)
         try:
             model_bytes = path.read_bytes()
         except OSError as exc:
@@ -149,8 +166,9 @@ class ModelVersion:
             default_max_batch_size,
         )
         model = cls(name, version, config, sessions)
+        model.labels = _labels(config, files)
         if config.model_warmup:
-            model._config_warm_up(model_dir)  # raises ModelLoadError: never takes traffic
+            model._config_warm_up(files)  # raises ModelLoadError: never takes traffic
         model.run_us = model._warm_up()
         model.inline = (
             model.run_us is not None
@@ -168,7 +186,7 @@ class ModelVersion:
         )
         return model
 
-    def _config_warm_up(self, model_dir: Path) -> None:
+    def _config_warm_up(self, files: ModelFiles) -> None:
         """Run the config's ``model_warmup`` samples (Triton's semantics: zero_data,
         random_data, or input_data_file under <model>/warmup/) on every instance; any
         failure fails the load, so a version that cannot answer never takes traffic."""
@@ -188,7 +206,7 @@ class ModelVersion:
                 elif which == "random_data":
                     value = rng.random(shape).astype(dtype.numpy)
                 elif which == "input_data_file":
-                    path = model_dir / "warmup" / inp.input_data_file
+                    path = files.warmup(inp.input_data_file)
                     try:
                         raw = path.read_bytes()
                         value = np.frombuffer(raw, dtype.numpy).reshape(shape)

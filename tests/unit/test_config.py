@@ -116,11 +116,11 @@ def test_invalid_configs_name_the_field(text, message):
 def test_unparseable_config_names_the_line(tmp_path: Path):
     (tmp_path / "config.pbtxt").write_text("max_batch_size: 4\ninput { name: }\n")
     with pytest.raises(ModelLoadError, match=r"config.pbtxt: 2:"):
-        parse_config(tmp_path)
+        parse_config(tmp_path / "config.pbtxt")
 
 
 def test_missing_config_is_empty_and_not_a_given_batch_size(tmp_path: Path):
-    result = parse_config(tmp_path)
+    result = parse_config(tmp_path / "config.pbtxt")
     assert result.config == mc.ModelConfig() and not result.max_batch_size_given
 
 

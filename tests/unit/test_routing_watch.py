@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from tensorgate.repository.paths import RepositoryPaths
 from tensorgate.repository.watch import RepositoryWatcher, signature
 from tensorgate.settings import Settings
 
@@ -16,6 +17,7 @@ from tensorgate.settings import Settings
 class FakeRepository:
     def __init__(self, root) -> None:
         self.root = root
+        self.paths = RepositoryPaths(root)
         self.calls: list[tuple[str, str]] = []
 
     async def load(self, name):
