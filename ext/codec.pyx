@@ -41,6 +41,18 @@ class WireError(ValueError):
     """Malformed protobuf wire data; the message names the field and the byte offset."""
 
 
+class BytesTensorError(ValueError):
+    """A raw BYTES tensor that does not split into the expected elements. ``kind``:
+    "fewer" or "more" (``found`` elements), "cut" (element ``found`` runs past the end;
+    ``left`` bytes remained for it), "trailing" (``left`` bytes after the last one)."""
+
+    def __init__(self, message, kind, found, left=0):
+        super().__init__(message)
+        self.kind = kind
+        self.found = found
+        self.left = left
+
+
 cdef enum:
     NOGIL_COPY = 1 << 18    # copies this large drop the GIL: model worker threads run on
 
@@ -841,17 +853,21 @@ def decode_bytes_tensor(data, Py_ssize_t count):
         buf = <const uint8_t *>view.buf
         whole = _scan_bytes(buf, view.len, count, &pos, &bad)
         if bad >= 0:
-            raise ValueError(_cut_element(buf, view.len, pos, bad))
+            raise BytesTensorError(
+                _cut_element(buf, view.len, pos, bad), "cut", bad, view.len - pos)
         if whole < count:
-            raise ValueError(f"BYTES tensor holds {whole} elements, expected {count}")
+            raise BytesTensorError(
+                f"BYTES tensor holds {whole} elements, expected {count}", "fewer", whole)
         if pos < view.len:
             extra_pos = pos
             extra = _scan_bytes(buf, view.len, view.len, &extra_pos, &bad)
             if bad < 0:
-                raise ValueError(
-                    f"BYTES tensor holds {count + extra} elements, expected {count}")
-            raise ValueError(f"BYTES tensor: {view.len - pos} trailing bytes "
-                             f"after {count} elements")
+                raise BytesTensorError(
+                    f"BYTES tensor holds {count + extra} elements, expected {count}",
+                    "more", count + extra)
+            raise BytesTensorError(
+                f"BYTES tensor: {view.len - pos} trailing bytes after {count} elements",
+                "trailing", count, view.len - pos)
         arr = cnp.PyArray_SimpleNew(1, &dim, cnp.NPY_OBJECT)
         slots = <PyObject **>cnp.PyArray_DATA(arr)
         pos = 0

@@ -16,6 +16,7 @@ from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.tensors import (
     DEFAULT_LIMITS,
+    classes_tensor,
     Limits,
     request_inputs,
     requested_outputs,
@@ -134,7 +135,14 @@ class DataPlane:
                     arrays, rows, shape_key, priority, timeout_us, deadline, alone, span
                 )
                 outputs = pending.outputs
-            tensors = [response_tensor(s, outputs[s.name]) for s in (chosen or model.output_specs)]
+            if chosen is None:
+                tensors = [response_tensor(s, outputs[s.name]) for s in model.output_specs]
+            else:
+                tensors = [
+                    response_tensor(s, outputs[s.name]) if not k
+                    else classes_tensor(s, outputs[s.name], k, model)
+                    for s, k in chosen
+                ]
             body = encode_infer_response(model.name, model.version_str, request.id, tensors)
         except BaseException as exc:  # errors and cancellation both count as failures
             ns = _perf_ns() - started

@@ -12,13 +12,20 @@ ParamValue = Union[bool, int, float, str, None]
 OutputData = Union[bytes, npt.NDArray[np.generic]]
 
 __all__ = [
-    "WireError", "InferRequest", "InputTensor", "RequestedOutput", "decode_infer_request",
+    "WireError", "BytesTensorError", "InferRequest", "InputTensor", "RequestedOutput", "decode_infer_request",
     "encode_infer_response", "encode_stream_response", "decode_bytes_tensor",
     "encode_bytes_tensor",
 ]
 
 class WireError(ValueError):
     """Malformed wire data; names the message field and the byte offset."""
+
+class BytesTensorError(ValueError):
+    """A raw BYTES tensor that does not split into the expected elements."""
+
+    kind: str  # "fewer", "more", "cut" or "trailing"
+    found: int  # elements found ("fewer", "more"), the cut element's index ("cut")
+    left: int  # bytes left for the cut element ("cut") or after the last one ("trailing")
 
 @final
 class InferRequest:

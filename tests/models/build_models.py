@@ -564,6 +564,36 @@ CONTRADICTING_CONFIG = (
     + _tensor_cfg("output", "OUTPUT0", "TYPE_FP32", [4])
 )
 
+def _classifier() -> onnx.ModelProto:
+    """SCORES [batch, 5] FP32 passed through (OUTPUT0) and cast to INT32 (OUTPUT1): the
+    classification extension's test model."""
+    model = _model(
+        "classifier",
+        [
+            helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"]),
+            helper.make_node("Cast", ["INPUT0"], ["OUTPUT1"], to=TensorProto.INT32),
+        ],
+        [_vi("INPUT0", FP32, ["batch", 5])],
+        [_vi("OUTPUT0", FP32, ["batch", 5]), _vi("OUTPUT1", TensorProto.INT32, ["batch", 5])],
+    )
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    out0, out1 = _smoke(model, {"INPUT0": x})
+    np.testing.assert_array_equal(out1, x.astype(np.int32))
+    return model
+
+
+CLASSIFIER_LABELS = ("dog", "cat", "bird")  # fewer labels than classes on purpose
+CLASSIFIER_CONFIG = (
+    'name: "classifier"\n'
+    'platform: "onnxruntime_onnx"\n'
+    "max_batch_size: 8\n"
+    + _tensor_cfg("input", "INPUT0", "TYPE_FP32", [5])
+    + 'output {\n  name: "OUTPUT0"\n  data_type: TYPE_FP32\n  dims: [ 5 ]\n'
+    '  label_filename: "labels.txt"\n}\n'
+    + _tensor_cfg("output", "OUTPUT1", "TYPE_INT32", [5])
+)
+
+
 BAD_CONFIG = (
     'name: "bad_config"\nmax_batch_size: 8\n'
     'input [ { name: "INPUT0" data_type: \n}}} this is {not text format\n'
@@ -612,6 +642,10 @@ def build_test_repository(root: Path) -> Path:
 
     _write_model(root, "slow_queue", _identity_fp32("slow_queue", 1))
     _write_config(root, "slow_queue", SLOW_QUEUE_CONFIG)
+
+    _write_model(root, "classifier", _classifier())
+    _write_config(root, "classifier", CLASSIFIER_CONFIG)
+    (root / "classifier" / "labels.txt").write_text("\n".join(CLASSIFIER_LABELS) + "\n")
     return root
 
 
@@ -626,6 +660,7 @@ GOOD_TEST_MODELS = (
     "partial_config",
     "runtime_error",
     "slow_queue",
+    "classifier",
 )
 BAD_TEST_MODELS = ("corrupt_model", "bad_config", "contradicting_config")
 

@@ -168,6 +168,6 @@ def test_bytes_element_limit():
     from tensorgate.tensors import _utf8_strings
 
     arr = np.array([b"ab", b"abcdef"], dtype=object)
-    assert list(_utf8_strings(SPEC, arr, 6)) == ["ab", "abcdef"]
+    assert list(_utf8_strings(SPEC, arr, "m", 6)) == ["ab", "abcdef"]
     with pytest.raises(InvalidArgument, match=r"element 1 holds 6 bytes.*--max-bytes-element"):
-        _utf8_strings(SPEC, arr, 5)
+        _utf8_strings(SPEC, arr, "m", 5)
