@@ -211,6 +211,13 @@ cdef class Scheduler:
     cdef unsigned long long _generation   # atomic
     cdef bint _closed
     cdef bint _flush              # dispatch without waiting out the delay, until empty
+    cdef Py_ssize_t _hold         # dispatch nothing until this many are queued (once)
+    # Rows of the open window sent before it closed (see _poll): how many, when the
+    # window opened, their shape.
+    cdef long long _early_rows
+    cdef double _early_since
+    cdef object _early_shape_key
+    cdef object _last_shape_key   # shape_key of the last request queued
 
     def __cinit__(self, *args, **kwargs):
         cdef pthread_condattr_t attr
@@ -246,6 +253,7 @@ cdef class Scheduler:
         QueuePolicy default_policy=None,
         dict priority_policies=None,
         bint batching=True,
+        Py_ssize_t hold_until=0,
     ):
         cdef _Level level
         cdef int number
@@ -264,6 +272,8 @@ cdef class Scheduler:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
         if priority_levels < 0:
             raise ValueError(f"priority_levels must be >= 0, got {priority_levels}")
+        if hold_until < 0:
+            raise ValueError(f"hold_until must be >= 0, got {hold_until}")
         if priority_levels == 0 and default_priority_level != 0:
             raise ValueError(
                 f"default_priority_level must be 0 without priority levels, "
@@ -314,6 +324,11 @@ cdef class Scheduler:
         self._seq = 0
         self._size = 0
         self._rows = 0
+        self._hold = hold_until
+        self._last_shape_key = None
+        self._early_rows = 0
+        self._early_since = 0.0
+        self._early_shape_key = None
 
     # -- synchronisation -------------------------------------------------------------
 
@@ -453,18 +468,28 @@ cdef class Scheduler:
         size. Until the queue delay of the run's oldest request has passed, send the
         best cut if there is one; send the whole run if it cannot grow (the next
         request does not fit or has another shape, or it reached max_batch_size or the
-        largest preferred size), or if the delay is 0 or has passed; otherwise wait."""
+        largest preferred size), or if the delay is 0 or has passed; otherwise wait.
+
+        Rows sent ahead of their window (a flush, or a run on the caller's thread, see
+        note_early) still count for it: Triton would have held them, so the requests
+        that follow within that window and of that shape are decided as if those rows
+        were queued ahead of them, and wait no longer than that window's end."""
         cdef list expired = self._expire(now)
         cdef Py_ssize_t index, count = 0, best = 0, take
-        cdef long long total = 0, grown
+        cdef long long total = 0, grown, carry = 0, best_total = 0, taken_rows
         cdef double oldest = INFINITY, wake_at
-        cdef bint in_fifo, stopped = False, exceeded
+        cdef bint in_fifo, stopped = False, passed, forced, early = False
         cdef _Entry entry
         cdef object shape_key = None
         cdef double earliest
         self._drop_stale_heads()
         if self._size == 0:
             return [], expired, INFINITY
+        if self._hold:
+            if self._size < self._hold and not self._closed:
+                return [], expired, self._earliest_expiry()  # enqueue wakes the worker
+            self._hold = 0
+        carry = self._early_rows
 
         # The run: from the head, in service order, the requests that can share a batch.
         for index in range(len(self._queues)):
@@ -474,6 +499,18 @@ cdef class Scheduler:
                     continue
                 if count == 0:
                     shape_key = entry.shape_key
+                    if carry:
+                        grown = carry + entry.rows
+                        if (entry.enqueued_at > self._early_since + self._delay_s
+                                or grown > self._max_preferred or grown > self.max_batch_size
+                                or not (shape_key == self._early_shape_key)):
+                            # It arrived after the early rows' window, or cannot join
+                            # their batch: that batch is complete without it.
+                            carry = 0
+                            self._early_rows = 0
+                        else:
+                            total = carry
+                            oldest = self._early_since
                 else:
                     if not self.batching:
                         stopped = True
@@ -483,6 +520,7 @@ cdef class Scheduler:
                     # to send unless the queue delay has run out.
                     if grown > self._max_preferred and best == 0:
                         best = count
+                        best_total = total
                     if grown > self.max_batch_size or not (entry.shape_key == shape_key):
                         stopped = True
                         break
@@ -492,23 +530,28 @@ cdef class Scheduler:
                     oldest = entry.enqueued_at
                 if total in self._preferred_set:
                     best = count
+                    best_total = total
                 if total == self.max_batch_size:
                     stopped = True
                     break
             if stopped:
                 break
 
+        taken_rows = total
         if not self.batching:
             take = 1
         else:
+            passed = self._delay_s > 0 and now >= oldest + self._delay_s
             # After close() nothing can join, so waiting is pointless: flush.
-            exceeded = self._closed or self._flush or (
-                self._delay_s > 0 and now >= oldest + self._delay_s
-            )
-            if best > 0 and not exceeded:
+            forced = self._closed or self._flush
+            if best > 0 and not (forced or passed):
                 take = best
-            elif stopped or exceeded or self._delay_s == 0 or total >= self._max_preferred:
+                taken_rows = best_total
+            elif stopped or passed or self._delay_s == 0 or total >= self._max_preferred:
                 take = count
+            elif forced:
+                take = count
+                early = True
             else:
                 take = 0
         if take == 0:
@@ -518,9 +561,22 @@ cdef class Scheduler:
                 wake_at = earliest
             return [], expired, wake_at
         batch = self._take(take)
+        if early:
+            self._remember_early(taken_rows, oldest, shape_key)
+        elif carry:
+            self._early_rows = 0  # the early rows' batch went out complete
         if self._size == 0:
             self._flush = False
         return batch, expired, (now if self._size > 0 else INFINITY)
+
+    cdef void _remember_early(self, long long rows, double since, object shape_key):
+        """Rows of one window sent before it closed (``rows`` include any carried)."""
+        if rows in self._preferred_set or rows >= self._max_preferred or self._delay_s <= 0:
+            self._early_rows = 0  # a batch Triton would have sent at that size
+            return
+        self._early_rows = rows
+        self._early_since = since
+        self._early_shape_key = shape_key
 
     # -- public API ------------------------------------------------------------------
 
@@ -546,6 +602,7 @@ cdef class Scheduler:
         cdef int level_index
         cdef long long timeout
         cdef int notify = _NOTIFY_NONE
+        cdef bint reshaped
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
         if 0 < self.max_batch_size < rows:
@@ -603,6 +660,10 @@ cdef class Scheduler:
             self._seq += 1
             if flush:
                 self._flush = True
+            # A request of another shape cannot join the batch forming ahead of it, so
+            # that batch is as large as it will get (Triton sends it at once).
+            reshaped = self._size > 1 and not (shape_key == self._last_shape_key)
+            self._last_shape_key = shape_key
             if deadline > 0:
                 heappush(self._expiry, (deadline, _DEADLINE, self._seq, entry))
             if timeout > 0:
@@ -623,6 +684,9 @@ cdef class Scheduler:
             if (
                 self._size == 1
                 or flush
+                or reshaped
+                or self._early_rows
+                or (self._hold and self._size >= self._hold)
                 or not self.batching
                 or self._delay_s == 0
                 or self._closed
@@ -634,6 +698,39 @@ cdef class Scheduler:
                 notify = _NOTIFY_ONE
         finally:
             self._release(notify)
+
+    def note_early(self, long long rows, object shape_key, double enqueued_at):
+        """Record a request of ``rows`` rows that ran without being queued (on the
+        caller's thread, the model being idle): it counts for its window as a flushed
+        batch does, so the requests that follow it are not held longer than Triton,
+        which would have batched them together, would hold them."""
+        cdef double since = enqueued_at
+        cdef long long total = rows
+        if not self.batching or self._delay_s <= 0:
+            return
+        self._acquire()
+        try:
+            if (self._early_rows and enqueued_at <= self._early_since + self._delay_s
+                    and shape_key == self._early_shape_key):
+                total += self._early_rows
+                since = self._early_since
+            self._remember_early(total, since, shape_key)
+        finally:
+            self._release(_NOTIFY_NONE)
+
+    def flush(self):
+        """Dispatch what is queued now, without waiting out max_queue_delay (as one
+        batch where the batching rules allow); the caller knows nothing else is about
+        to join it. Returns whether anything was queued."""
+        cdef bint queued
+        self._acquire()
+        try:
+            queued = self._size > 0
+            if queued:
+                self._flush = True
+        finally:
+            self._release(_NOTIFY_ONE if queued else _NOTIFY_NONE)
+        return queued
 
     def poll(self, double now):
         """Decide at time `now`: (batch_items, [(item, "deadline"|"timeout")], wake_at)."""

@@ -9,6 +9,7 @@ requests finish within the grace period, release every model, exit 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import shutil
 import signal
@@ -100,9 +101,36 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+def _delay_scheduler(environ) -> int:
+    """Triton's test-only TRITONSERVER_DELAY_SCHEDULER, honoured so that Triton's own
+    batcher tests run unchanged; never meant for production, hence the warning."""
+    raw = environ.get(runtime_model.DELAY_SCHEDULER_ENV)
+    if not raw:
+        return 0
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{runtime_model.DELAY_SCHEDULER_ENV}={raw!r}: expected a number of requests"
+        ) from None
+    if count < 0:
+        raise ValueError(f"{runtime_model.DELAY_SCHEDULER_ENV}={count}: must be >= 0")
+    if count:
+        log.warning(
+            "%s=%d (a test hook): every dynamic batcher holds its first requests until "
+            "%d are queued", runtime_model.DELAY_SCHEDULER_ENV, count, count,
+        )
+    return count
+
+
 async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     runtime_model.INLINE_MAX_US = settings.inline_max_us
+    try:
+        runtime_model.HOLD_UNTIL = _delay_scheduler(os.environ)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     root = settings.model_repository or demo_repository()
     repository = ModelRepository(
         Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs,

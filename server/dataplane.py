@@ -125,10 +125,10 @@ class DataPlane:
                 if deadline and time.monotonic() > deadline:
                     raise DeadlineExceeded(f"model {model.label}: the deadline passed")
                 if span is None:
-                    outputs = model.run_inline(arrays, rows)
+                    outputs = model.run_inline(arrays, rows, shape_key, now)
                 else:
                     t0 = _perf_ns()
-                    outputs = model.run_inline(arrays, rows)
+                    outputs = model.run_inline(arrays, rows, shape_key, now)
                     _tracing.ACTIVE.record_inline(model, span, rows, t0, _perf_ns())
             else:
                 pending = await model.batcher.submit(

@@ -66,7 +66,10 @@ class Scheduler:
         default_policy: QueuePolicy | None = None,
         priority_policies: dict[int, QueuePolicy] | None = None,
         batching: bool = True,
-    ) -> None: ...
+        hold_until: int = 0,
+    ) -> None:
+        """hold_until > 0: dispatch nothing until that many requests are queued, once
+        (Triton's TRITONSERVER_DELAY_SCHEDULER test hook)."""
     def enqueue(
         self,
         item: object,
@@ -81,6 +84,9 @@ class Scheduler:
         """Queue one request (each item at most once at a time). Raises QueueFull when
         its level is full, ValueError on bad arguments (rows < 1 or > max_batch_size,
         priority out of range, item already queued), RuntimeError after close()."""
+    def flush(self) -> bool:
+        """Dispatch what is queued now, without waiting out max_queue_delay; False
+        when nothing was queued."""
     def poll(
         self, now: float
     ) -> tuple[list[Any], list[tuple[Any, Literal["deadline", "timeout"]]], float]:

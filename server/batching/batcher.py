@@ -92,6 +92,14 @@ class Batcher:
     def queued(self) -> int:
         return self._scheduler.size
 
+    def flush(self) -> None:
+        """Dispatch what is queued without waiting out the queue delay."""
+        self._scheduler.flush()
+
+    def note_early(self, rows: int, shape_key: Any, arrived: float) -> None:
+        """Rows that ran at once, outside the queue, still count for their window."""
+        self._scheduler.note_early(rows, shape_key, arrived)
+
     async def submit(
         self,
         inputs: dict[str, np.ndarray],

@@ -56,6 +56,12 @@ BUSY_GAP_S = 100e-6
 INLINE_MAX_US = 100.0
 WARM_UP_RUNS = 15
 
+# Triton's test hook TRITONSERVER_DELAY_SCHEDULER=N (read by the app at start): each
+# dynamic batcher holds its first requests until N are queued, so a test can queue
+# several requests before any batch forms. 0: off.
+DELAY_SCHEDULER_ENV = "TRITONSERVER_DELAY_SCHEDULER"
+HOLD_UNTIL = 0
+
 # Model version states, as RepositoryIndex reports them (Triton's names).
 LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
 
@@ -132,6 +138,10 @@ class ModelVersion:
             {k: v.string_value for k, v in config.parameters.items()}, "batching_idle_flush"
         )
         self.idle_flush = flush is None or flush
+        self._flush_on_leave = self.idle_flush and self.dynamic_batching
+        self._windowed = (
+            self._flush_on_leave and config.dynamic_batching.max_queue_delay_microseconds > 0
+        )
         self.priority_levels = (
             config.dynamic_batching.priority_levels if self.dynamic_batching else 0
         )
@@ -254,8 +264,14 @@ class ModelVersion:
             return None
         return sorted(times)[len(times) // 2]
 
-    def run_inline(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """Run one request on the calling (event loop) thread; see INLINE_MAX_US."""
+    def run_inline(
+        self, arrays: dict[str, np.ndarray], rows: int, shape_key=None, arrived: float = 0.0
+    ) -> dict[str, np.ndarray]:
+        """Run one request on the calling (event loop) thread; see INLINE_MAX_US.
+        ``shape_key`` and ``arrived`` (time.monotonic()) tell the batcher that these
+        rows went ahead of their batching window (Scheduler.note_early)."""
+        if self._windowed:
+            self.batcher.note_early(rows, shape_key, arrived)
         t0 = time.perf_counter_ns()
         try:
             values = self._sessions[0].run(self.output_names, arrays)
@@ -278,6 +294,7 @@ class ModelVersion:
             default_priority_level=db.default_priority_level,
             default_policy=_queue_policy(db.default_queue_policy),
             priority_policies={k: _queue_policy(v) for k, v in db.priority_queue_policy.items()},
+            hold_until=HOLD_UNTIL,
         )
 
     def _batch_buffers(self) -> dict[str, np.ndarray]:
@@ -340,6 +357,11 @@ class ModelVersion:
         self.last_leave = time.monotonic()
         if self.inflight == 0:
             self._idle.set()
+        elif self._flush_on_leave and self.inflight == self.batcher.queued:
+            # Every request still in flight is queued: none runs and none is on its way
+            # to the queue, so waiting out the delay could only add latency. What queued
+            # during the batch that just ended goes now, as one batch where it can.
+            self.batcher.flush()
 
     async def drain_and_release(self, timeout: float) -> None:
         """Wait for in-flight requests (new ones are no longer routed here), then stop."""

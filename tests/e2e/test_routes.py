@@ -77,7 +77,7 @@ def test_changes_are_validated_as_a_whole(caller):
         (route("canary", ("swap", "", 100)), "INVALID_ARGUMENT", "model's name"),
         (route("x", ("canary", "1", 60), ("canary", "2", 60)), "INVALID_ARGUMENT", "120"),
         (route("x", ("nope", "", 100)), "NOT_FOUND", "unknown model 'nope'"),
-        (route("x", ("canary", "9", 100)), "NOT_FOUND", "no version '9'"),
+        (route("x", ("canary", "9", 100)), "NOT_FOUND", "'canary' version 9 is not found"),
         (route("x", ("canary", "1", 50), ("other", "", 50)), "INVALID_ARGUMENT", "same inputs"),
     ]
     for r, code, text in cases:

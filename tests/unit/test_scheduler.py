@@ -66,9 +66,14 @@ def test_flush_dispatches_a_lone_request_without_waiting_out_the_delay():
     sched = Scheduler(8, max_queue_delay_us=500)
     add(sched, "a", at=T0, flush=True)
     assert sched.poll(T0) == (["a"], [], INF)
-    # The flush ends when the queue empties: later arrivals wait for the delay again.
+    # The flush ends when the queue empties: later arrivals wait for the delay again,
+    # but never past the end of the window "a" opened (Triton would have held "a" and
+    # sent both then).
     add(sched, "b", at=us(10))
-    assert sched.poll(us(10)) == ([], [], us(510))
+    assert sched.poll(us(10)) == ([], [], us(500))
+    assert sched.poll(us(500)) == (["b"], [], INF)
+    add(sched, "c", at=us(600))  # a new window
+    assert sched.poll(us(600)) == ([], [], after(us(600), 500))
 
 
 def test_flush_takes_everything_already_queued():
@@ -407,6 +412,65 @@ def test_a_waiting_worker_wakes_on_enqueue_and_on_close():
     worker.join(timeout=5)
     assert not worker.is_alive(), "close did not wake the worker"
     assert results == [(["a"], []), None]
+
+
+def _worker(sched, results):
+    worker = threading.Thread(target=lambda: results.append(sched.next_batch()), daemon=True)
+    worker.start()
+    return worker
+
+
+def test_a_request_of_another_shape_sends_the_batch_ahead_of_it_at_once():
+    """Triton's test_multi_batch_not_preferred_different_shape: 1 + 3 rows (not a
+    preferred size) wait for the delay until a request of another shape arrives; that
+    batch cannot grow any more, so it goes at once, and the newcomer waits its own."""
+    sched = Scheduler(8, preferred_batch_sizes=(2, 6), max_queue_delay_us=60_000_000)
+    now = time.monotonic()
+    sched.enqueue("a", 1, (16,), now)
+    sched.enqueue("b", 3, (16,), now)
+    results = []
+    worker = _worker(sched, results)
+    time.sleep(0.05)
+    assert results == []
+    sched.enqueue("c", 1, (8,), time.monotonic())
+    worker.join(timeout=5)
+    assert results == [(["a", "b"], [])]
+    assert sched.size == 1
+
+
+def test_flush_sends_what_is_queued_as_one_batch_at_once():
+    sched = Scheduler(8, preferred_batch_sizes=(2, 6), max_queue_delay_us=60_000_000)
+    assert sched.flush() is False  # nothing queued: nothing to do
+    now = time.monotonic()
+    for item in "abc":
+        sched.enqueue(item, 1, SHAPE, now)
+    assert sched.poll(now) == (["a", "b"], [], now)  # the preferred size, as always
+    results = []
+    worker = _worker(sched, results)
+    time.sleep(0.05)
+    assert results == []  # "c" alone waits for the delay...
+    assert sched.flush() is True  # ...until the caller knows nothing will join it
+    worker.join(timeout=5)
+    assert results == [(["c"], [])]
+
+
+def test_hold_until_dispatches_nothing_before_that_many_are_queued_once():
+    sched = Scheduler(8, max_queue_delay_us=0, hold_until=3)
+    now = time.monotonic()
+    sched.enqueue("a", 1, SHAPE, now)
+    sched.enqueue("b", 1, SHAPE, now)
+    assert sched.poll(now)[0] == []  # a zero delay would otherwise send them at once
+    results = []
+    worker = _worker(sched, results)
+    time.sleep(0.05)
+    assert results == []
+    sched.enqueue("c", 1, SHAPE, time.monotonic())
+    worker.join(timeout=5)
+    assert results == [(["a", "b", "c"], [])]
+    sched.enqueue("d", 1, SHAPE, time.monotonic())  # the hold is over: as usual again
+    assert sched.poll(time.monotonic())[0] == ["d"]
+    with pytest.raises(ValueError, match="hold_until"):
+        Scheduler(8, hold_until=-1)
 
 
 def test_close_flushes_queued_work_without_waiting_for_the_delay():
