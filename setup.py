@@ -23,7 +23,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "proto"
-GENERATED = ROOT / "server" / "_proto"
+GENERATED = ROOT / "server" / "tensorgate" / "_proto"
 
 
 def generate_protos() -> None:
@@ -112,16 +112,15 @@ def native_frontend(macros: list, compile_args: list):
     )
 
 
-# Generate eagerly as well: editable installs import straight from server/, and the
+# Generate eagerly as well: editable installs import straight from server/tensorgate/, and the
 # generated modules must exist there whichever setuptools command runs first.
 if not {"--help", "--version", "clean"} & set(sys.argv[1:]):
     generate_protos()
 
 setup(
-    package_dir={"tensorgate": "server"},
-    packages=["tensorgate"] + [
-        "tensorgate." + name for name in find_packages(where="server")
-    ],
+    # server/tensorgate/ is the package: its folder carries its import name.
+    package_dir={"": "server"},
+    packages=find_packages(where="server"),
     package_data={
         "tensorgate": [
             "demo_repository/README.md",

@@ -25,7 +25,7 @@ import numpy as np
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
-DEMO_REPOSITORY = REPO_ROOT / "server" / "demo_repository"
+DEMO_REPOSITORY = REPO_ROOT / "server" / "tensorgate" / "demo_repository"
 
 sys.path.insert(0, str(TESTS_DIR / "models"))
 import build_models  # noqa: E402, F401  (tests/models is not a package; re-exported)

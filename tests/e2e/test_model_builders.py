@@ -27,7 +27,7 @@ def test_test_repository_is_deterministic(test_repo, tmp_path):
 
 def test_committed_demo_repository_matches_generator(tmp_path):
     fresh = build_models.build_demo_repository(tmp_path / "demo")
-    regenerate = "python tests/models/build_models.py demo server/demo_repository"
+    regenerate = "python tests/models/build_models.py demo server/tensorgate/demo_repository"
     assert _files(DEMO_REPOSITORY) == _files(fresh), regenerate
     for rel in _files(fresh):
         assert filecmp.cmp(DEMO_REPOSITORY / rel, fresh / rel, shallow=False), (rel, regenerate)

@@ -5,7 +5,7 @@ onnxruntime we support accepts) and weights from a fixed-seed numpy generator, s
 runs write identical files and nothing is downloaded. Each model is checked with
 ``onnx.checker`` and run once in onnxruntime before it is written.
 
-    python tests/models/build_models.py demo server/demo_repository
+    python tests/models/build_models.py demo server/tensorgate/demo_repository
     python tests/models/build_models.py test /tmp/tensorgate-test-repo
 
 The demo repository is committed (and bundled in the package); the test repository is
@@ -328,7 +328,7 @@ Served by `tensorgate serve` when no `--model-repository` is given. Triton layou
   has) and `LENGTH` INT64 [1] (the number of strings). No batching (max_batch_size 0).
 
 The files are generated, not hand-edited: weights come from a fixed-seed generator, so
-`python tests/models/build_models.py demo server/demo_repository` rewrites them
+`python tests/models/build_models.py demo server/tensorgate/demo_repository` rewrites them
 identically (tests/e2e/test_model_builders.py checks that they match).
 """
 

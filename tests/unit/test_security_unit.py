@@ -1,4 +1,4 @@
-"""server/security and the tensor limits, without a server: token parsing, token ids,
+"""server/tensorgate/security and the tensor limits, without a server: token parsing, token ids,
 token buckets on a fake clock, the guard over a fake call context, element limits."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Settings:
         default=8002, metadata=_doc("HTTP /metrics port (0 picks a free port, -1 disables).")
     )
     log_level: str = field(default="INFO", metadata=_doc("One of " + ", ".join(LOG_LEVELS) + "."))
-    # -- observability (server/observability) --
+    # -- observability (server/tensorgate/observability) --
     log_format: str = field(
         default="text",
         metadata=_doc("text, or json: one JSON object per line (ts, level, logger, msg, fields)."),
@@ -107,7 +107,7 @@ class Settings:
         default=30.0,
         metadata=_doc("On SIGTERM/SIGINT, how long accepted requests may take to finish."),
     )
-    # -- security and limits (server/security; 0 / unset = off) --
+    # -- security and limits (server/tensorgate/security; 0 / unset = off) --
     tls_cert: Path | None = field(
         default=None, metadata=_doc("PEM certificate chain: serve gRPC over TLS (with --tls-key).")
     )
