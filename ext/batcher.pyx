@@ -489,6 +489,7 @@ cdef class Scheduler:
             if self._size < self._hold and not self._closed:
                 return [], expired, self._earliest_expiry()  # enqueue wakes the worker
             self._hold = 0
+            self._flush = False  # said by a request that was alone before the hold ended
         carry = self._early_rows
 
         # The run: from the head, in service order, the requests that can share a batch.

@@ -40,12 +40,12 @@ def _model(test_repo, repo, name: str, delay_us: int, idle_flush: bool) -> None:
 
 
 def _slow_model(root, name: str, delay_us: int) -> None:
-    """INPUT0 [batch, 1024] FP32 through 32 MatMul+Tanh layers: a run of tens of ms per
+    """INPUT0 [batch, 1024] FP32 through 400 MatMul+Tanh layers (one weight): ~50 ms per
     row, so that requests sent together queue behind the first one's run."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    width, layers = 1024, 32
+    width, layers = 1024, 400
     weight = numpy_helper.from_array(
         (np.random.default_rng(0).standard_normal((width, width)) / width).astype(np.float32),
         "W",
@@ -81,6 +81,7 @@ def repo(test_repo, tmp_path_factory):
     _slow_model(root, "slow_window", WINDOW_US)
     _model(test_repo, root, "window_strict", STRICT_WINDOW_US, idle_flush=False)
     _model(test_repo, root, "held", 0, idle_flush=False)
+    _model(test_repo, root, "held_flush", 0, idle_flush=True)
     return root
 
 
@@ -141,7 +142,22 @@ def test_what_queues_during_a_batch_goes_as_one_batch_when_it_ends(server, clien
     """Six requests sent together to a model that takes milliseconds (no preferred
     sizes: a batch may take all 8 rows): the first goes at once, those that queue
     behind its run go together when it ends, not after the 10 s window."""
-    took = _send_together(server.grpc_url, "slow_window", [(1, 1024, 0.0)] * 6, check=False)
+    # One channel, six calls in flight at once (microseconds apart, while a run
+    # takes tens of milliseconds): none arrives after the first run ended.
+    done, results = threading.Event(), []
+
+    def callback(result, error):
+        results.append((time.monotonic(), error))
+        if len(results) == 6:
+            done.set()
+
+    x = np.ones((1, 1024), np.float32)
+    start = time.monotonic()
+    for _ in range(6):
+        client.async_infer("slow_window", [infer_input("INPUT0", x)], callback)
+    assert done.wait(60), results
+    assert all(error is None for _, error in results), results
+    took = [t - start for t, _ in results]
     assert max(took) < WINDOW_US / 1e6 / 2, took
     batches = _batches(client, "slow_window")
     assert sum(batches.values()) < 6, batches  # they shared batches
@@ -180,8 +196,12 @@ def test_tritons_delay_scheduler_hook_holds_the_first_requests(repo):
         try:
             # Two requests are held (the model's delay is 0) until the third arrives;
             # then the batching rules apply as usual: preferred size 2, then the rest.
-            took = _send_together(srv.grpc_url, "held", [(1, 4, 0.0), (1, 4, 0.0), (1, 4, 1.0)])
-            assert min(took[:2]) >= 0.8, took
-            assert _batches(client, "held") == {2: 1, 1: 1}
+            # The idle flush and inline runs do not bypass the hold either.
+            for model in ("held", "held_flush"):
+                took = _send_together(
+                    srv.grpc_url, model, [(1, 4, 0.0), (1, 4, 0.0), (1, 4, 1.0)]
+                )
+                assert min(took[:2]) >= 0.8, (model, took)
+                assert _batches(client, model) == {2: 1, 1: 1}, model
         finally:
             client.close()

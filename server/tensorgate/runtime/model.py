@@ -184,6 +184,7 @@ class ModelVersion:
             model.run_us is not None
             and model.run_us <= INLINE_MAX_US
             and model.devices[0] == "cpu"
+            and not HOLD_UNTIL  # the test hook counts queued requests: queue them all
         )
         model.load_seconds = time.monotonic() - started
         log.info(
