@@ -1,18 +1,44 @@
-"""One exception hierarchy; each class carries the gRPC status it maps to.
+"""One exception hierarchy, and the one table that maps it to every wire.
 
-Raised anywhere below the servicer, turned into a status in exactly one place
-(``tensorgate.grpc.status``). Messages of these exceptions are written for the caller
-and go to the wire as they are; any other exception is logged and answered with a
-generic INTERNAL message.
+Raised anywhere below the front ends; each class carries a ``Status``: its name (as
+gRPC spells it), its gRPC status code and its HTTP status. The front ends turn an
+exception into a gRPC status or an HTTP answer with ``status_of`` and nothing else.
+Messages of these exceptions are written for the caller and go to the wire as they
+are; any other exception is logged and answered with a generic INTERNAL message.
+
+Nothing here imports grpc: gRPC's status codes are numbers fixed by its protocol.
 """
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+from typing import NamedTuple
+
+
+class Status(NamedTuple):
+    name: str  # as gRPC names it; also the label in statistics and audit lines
+    grpc: int  # the gRPC status code
+    http: int  # the HTTP status, as Triton's HTTP server answers the same condition
+
+
+OK = Status("OK", 0, 200)
+CANCELLED = Status("CANCELLED", 1, 499)  # nginx's "client closed request"
+INVALID_ARGUMENT = Status("INVALID_ARGUMENT", 3, 400)
+DEADLINE_EXCEEDED = Status("DEADLINE_EXCEEDED", 4, 504)
+NOT_FOUND = Status("NOT_FOUND", 5, 404)
+PERMISSION_DENIED = Status("PERMISSION_DENIED", 7, 403)
+RESOURCE_EXHAUSTED = Status("RESOURCE_EXHAUSTED", 8, 429)
+FAILED_PRECONDITION = Status("FAILED_PRECONDITION", 9, 409)
+UNIMPLEMENTED = Status("UNIMPLEMENTED", 12, 501)
+INTERNAL = Status("INTERNAL", 13, 500)
+UNAVAILABLE = Status("UNAVAILABLE", 14, 503)
+UNAUTHENTICATED = Status("UNAUTHENTICATED", 16, 401)
+
+GENERIC_INTERNAL = "internal error (see the server log)"
 
 
 class TensorGateError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: Status = INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,67 +48,86 @@ class TensorGateError(Exception):
 class NotFound(TensorGateError):
     """Unknown model, version or route."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    status = NOT_FOUND
 
 
 class InvalidArgument(TensorGateError):
     """The request is malformed or does not match the model's inputs."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = INVALID_ARGUMENT
 
 
 class Unavailable(TensorGateError):
     """Model loading, unloading or draining; server shutting down."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = UNAVAILABLE
 
 
 class ResourceExhausted(TensorGateError):
     """Queue full or over a limit."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(TensorGateError):
     """Missing or unknown credentials."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    status = UNAUTHENTICATED
 
 
 class PermissionDenied(TensorGateError):
     """Known credentials without the role the call needs."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = PERMISSION_DENIED
 
 
 class DeadlineExceeded(TensorGateError):
     """The deadline or queue timeout passed before the request ran."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = DEADLINE_EXCEEDED
 
 
 class FailedPrecondition(TensorGateError):
     """The change does not apply in the current state (e.g. a rollout is running)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = FAILED_PRECONDITION
 
 
 class Unimplemented(TensorGateError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    status = UNIMPLEMENTED
 
 
 class RuntimeFailure(TensorGateError):
     """ONNX Runtime failed on a valid request; the message is the runtime's."""
 
-    code = grpc.StatusCode.INTERNAL
+    status = INTERNAL
 
 
 class ModelLoadFailed(TensorGateError):
     """An explicit load request failed; the message carries every version's reason."""
 
-    code = grpc.StatusCode.INTERNAL
+    status = INTERNAL
 
 
 class ModelLoadError(Exception):
     """A model version could not be loaded; the message is its reason, shown in
     RepositoryIndex and the log."""
+
+
+def status_of(exc: BaseException) -> Status:
+    """The status an exception reaches the wire with (cancellation: CANCELLED; anything
+    unexpected: INTERNAL)."""
+    if isinstance(exc, TensorGateError):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return CANCELLED
+    return INTERNAL
+
+
+def wire_message(exc: BaseException, log, where: str) -> str:
+    """What the caller reads for ``exc``: its own message, or, for an unexpected
+    exception, a generic one (the details go to ``log``, never to the wire)."""
+    if isinstance(exc, TensorGateError):
+        return exc.message
+    log.error("%s: unexpected error", where, exc_info=exc)
+    return f"{where}: {GENERIC_INTERNAL}"

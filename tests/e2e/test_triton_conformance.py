@@ -57,6 +57,10 @@ def _unknown_version():
     return _raw(_request("identity_fp32", "9"), "INPUT0", "FP32", [1, 3], _f32(1, 3))
 
 
+def _version_not_a_number():
+    return _raw(_request("identity_fp32", "latest"), "INPUT0", "FP32", [1, 3], _f32(1, 3))
+
+
 def _one_of_two_inputs():
     return _raw(_request("add_sub"), "INPUT0", "FP32", [1, 16], _f32(1, 16))
 
@@ -138,6 +142,8 @@ def _duplicate_output():
         (_unknown_model, "NOT_FOUND", "Request for unknown model: 'nope' is not found"),
         (_unknown_version, "NOT_FOUND",
          "Request for unknown model: 'identity_fp32' version 9 is not found"),
+        (_version_not_a_number, "INVALID_ARGUMENT",
+         "failed to get model version from specified version string 'latest'"),
         (_one_of_two_inputs, "INVALID_ARGUMENT",
          "expected 2 inputs but got 1 inputs for model 'add_sub'. Got input(s) ['INPUT0'], "
          "but missing required input(s) ['INPUT1']. Please provide all required input(s)."),
@@ -184,6 +190,11 @@ def test_errors_begin_with_tritons_words(call, make, code, triton_words):
         call(make())
     assert err.value.code().name == code
     assert err.value.details().startswith(triton_words), err.value.details()
+
+
+def test_a_version_with_leading_zeros_names_that_version(call):
+    req = _raw(_request("versioned_all", "01"), "INPUT0", "FP32", [1, 1], _f32(1, 1))
+    assert call(req).model_version == "1"
 
 
 def test_one_output_named_once_is_fine(call):

@@ -19,7 +19,14 @@ from tensorgate import __version__
 from tensorgate._ext.codec import WireError, decode_infer_request, encode_stream_response
 from tensorgate._proto.inference import grpc_service_pb2 as pb
 from tensorgate.dataplane import DataPlane
-from tensorgate.errors import InvalidArgument, NotFound, TensorGateError, Unavailable
+from tensorgate.errors import (
+    InvalidArgument,
+    NotFound,
+    TensorGateError,
+    Unavailable,
+    status_of,
+    wire_message,
+)
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.tracing import Tracing
@@ -34,18 +41,12 @@ SERVER_NAME = "tensorgate"
 EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics"]
 
 
+# gRPC's codes by number (errors.Status carries the number; the table is in errors.py).
+GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rpc: str):
-    if isinstance(exc, TensorGateError):
-        await context.abort(exc.code, exc.message)
-    log.error("%s: unexpected error", rpc, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{rpc}: internal error (see the server log)")
-
-
-def _message_for(exc: BaseException) -> str:
-    if isinstance(exc, TensorGateError):
-        return exc.message
-    log.error("ModelStreamInfer: unexpected error", exc_info=exc)
-    return "internal error (see the server log)"
+    await context.abort(GRPC_CODES[status_of(exc).grpc], wire_message(exc, log, rpc))
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float:
@@ -114,7 +115,7 @@ class InferenceService:
             try:  # credentials once per stream; rate and in-flight per message
                 principal = self.guard.authorize(context, INFER, "ModelStreamInfer")
             except TensorGateError as exc:
-                await context.abort(exc.code, exc.message)
+                await _abort_for(exc, context, "ModelStreamInfer")
         out: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
         deadline = deadline_of(context)
@@ -170,7 +171,7 @@ class InferenceService:
         except Exception as exc:
             if span is not None:
                 Tracing.fail(span, exc)
-            return encode_stream_response(None, _message_for(exc))
+            return encode_stream_response(None, wire_message(exc, log, "ModelStreamInfer"))
         finally:
             if entered:
                 guard.leave()
@@ -360,7 +361,7 @@ def admin_handler(
         try:
             principal = guard.check(context, ADMIN, rpc) if guard is not None else None
         except TensorGateError as exc:
-            await context.abort(exc.code, exc.message)
+            await _abort_for(exc, context, rpc)
         who = principal.token_id if principal is not None else "-"
         outcome = "ok"
         try:
@@ -369,7 +370,7 @@ def admin_handler(
             outcome = "cancelled"
             raise
         except Exception as exc:
-            outcome = exc.code.name if isinstance(exc, TensorGateError) else "INTERNAL"
+            outcome = status_of(exc).name
             await _abort_for(exc, context, rpc)
         finally:
             if audited:

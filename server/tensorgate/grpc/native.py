@@ -127,7 +127,7 @@ class NativeInferDispatcher:
             try:  # per message here: each comes on its own, with the stream's metadata
                 principal = service.guard.authorize(message, INFER, "ModelStreamInfer")
             except TensorGateError as exc:
-                message.fail(exc.code.value[0], exc.message)  # ends the stream
+                message.fail(exc.status.grpc, exc.message)  # ends the stream
                 return
         tracing = _tracing.ACTIVE
         incoming = None if tracing is None else tracing.incoming(message)

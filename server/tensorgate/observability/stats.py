@@ -9,14 +9,11 @@ object is touched per request.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-import grpc
-
-from tensorgate.errors import TensorGateError
+from tensorgate.errors import status_of
 
 # Bucket upper bounds. Latencies: 25 µs .. 10 s, roughly 1-2.5-5 per decade, in ns.
 LATENCY_BOUNDS_S = (
@@ -39,12 +36,8 @@ _REASON_BY_CODE = {
 
 
 def status_name(exc: BaseException) -> str:
-    """The gRPC status name an exception reaches the wire with."""
-    if isinstance(exc, TensorGateError):
-        return exc.code.name
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED.name
-    return grpc.StatusCode.INTERNAL.name
+    """The status name (as gRPC spells it) an exception reaches the wire with."""
+    return status_of(exc).name
 
 
 class Buckets:

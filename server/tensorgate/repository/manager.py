@@ -12,7 +12,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tensorgate.errors import ModelLoadError, ModelLoadFailed, NotFound, Unavailable
+from tensorgate.errors import (
+    InvalidArgument,
+    ModelLoadError,
+    ModelLoadFailed,
+    NotFound,
+    Unavailable,
+)
 from tensorgate.repository.config import parse_config
 from tensorgate.repository.layout import select_versions, versions_on_disk
 from tensorgate.repository.paths import ModelFiles, RepositoryPaths
@@ -92,16 +98,23 @@ class ModelRepository:
                 model = versions.get(version)
                 if model is not None:
                     return model
+        if version and version.isascii() and version.isdigit() and version != str(int(version)):
+            return self.resolve(name, str(int(version)))  # "01" names version 1
         raise self._why_not(name, version)
 
     def _why_not(self, name: str, version: str) -> Exception:
         # Messages begin with Triton's words for the same condition (scripts match them).
         unknown = f"Request for unknown model: '{name}'"
+        if version and not (version.isascii() and version.isdigit()):
+            return InvalidArgument(
+                f"failed to get model version from specified version string '{version}' "
+                "(a version is a whole number; leave it empty for the model's default)"
+            )
         entry = self._entries.get(name)
         if entry is None:
             return NotFound(f"{unknown} is not found")
         if version:
-            if not version.isdigit() or int(version) not in entry.versions:
+            if int(version) not in entry.versions:
                 ready = sorted(v for v, s in entry.versions.items() if s.state == READY)
                 listed = ", ".join(str(v) for v in ready) or "none"
                 return NotFound(
