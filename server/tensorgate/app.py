@@ -149,9 +149,10 @@ async def serve(settings: Settings) -> int:
         repository,
         route_store.state_path(Path(root)) if settings.model_repository else None,
     )
-    service = InferenceService(
-        repository, DataPlane(repository, security.limits, routes), state, security.guard
-    )
+    dataplane = DataPlane(repository, security.limits, routes)
+    if settings.request_log_sample_ratio > 0:
+        dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
+    service = InferenceService(repository, dataplane, state, security.guard)
     server.add_generic_rpc_handlers([
         generic_handler(service),
         control_grpc.generic_handler(control_grpc.RoutingService(routes), security.guard),
@@ -209,7 +210,6 @@ async def serve(settings: Settings) -> int:
                 frontend.shutdown(0.0)  # nothing was served yet
                 shutil.rmtree(backend_dir, ignore_errors=True)
             return 1
-    obs_logs.set_request_log_ratio(settings.request_log_sample_ratio)
     obs_tracing.install(
         settings.trace_exporter, settings.trace_sample_ratio, settings.otlp_endpoint
     )

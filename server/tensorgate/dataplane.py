@@ -1,35 +1,67 @@
-"""The protocol-neutral request path: resolve, validate, batch, run, encode.
+"""The protocol-neutral request path: resolve, route, validate, run, record.
 
-The gRPC servicer is a thin layer over this, so another front (REST, in-process calls)
-reuses the same path.
+Every front end (grpc.aio, the native gRPC front end, HTTP) decodes its wire format
+into the codec's request object, builds one ``RequestContext`` for the call and calls
+``DataPlane.infer``; it gets back an ``InferResult`` and encodes that itself. Nothing
+here knows a protocol or a call object. Shadow traffic runs through the same ``run``
+as live traffic.
+
+What happens around a request hangs on ``observers`` (request logs; later caches and
+drift monitors): each gets one ``Outcome`` per request that reached a model version.
+A feature that is off is not on the list and costs nothing.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
-from tensorgate._ext.codec import encode_infer_response
-from tensorgate.errors import DeadlineExceeded, InvalidArgument
-from tensorgate.observability import logs as _logs
-from tensorgate.observability import tracing as _tracing
+from tensorgate.context import INTERNAL, RequestContext
+from tensorgate.errors import InvalidArgument
 from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.tensors import (
     DEFAULT_LIMITS,
-    classes_tensor,
     Limits,
+    classes_tensor,
     request_inputs,
     requested_outputs,
     response_tensor,
 )
 
 _perf_ns = time.perf_counter_ns
+_monotonic = time.monotonic
 
 # Where a request carries its route key (the Python client sends both).
 ROUTE_KEY_PARAMETER = "route_key"
 ROUTE_KEY_HEADER = "x-tensorgate-route-key"
 # Failures a rollout blames on its candidate (not the caller's malformed requests).
 _CANDIDATE_FAULTS = frozenset(("INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN"))
+
+
+class InferResult(NamedTuple):
+    """What a front end encodes: each tensor is (name, datatype, shape, data) as the
+    codec's encoders take it (data: an ndarray, or the v2 BYTES encoding)."""
+
+    model_name: str
+    model_version: str
+    id: str
+    tensors: list
+
+
+class Outcome:
+    """One request that reached a model version, as observers see it."""
+
+    __slots__ = ("model", "request_id", "ns", "status", "arrays", "outputs", "shadow")
+
+    def __init__(self, model, request_id, ns, status, arrays, outputs, shadow) -> None:
+        self.model = model
+        self.request_id = request_id
+        self.ns = ns  # from validation to the answer (or the failure)
+        self.status = status  # "OK" or the failure's status name
+        self.arrays = arrays  # validated inputs by name (None when validation failed)
+        self.outputs = outputs  # outputs by name (None on failure)
+        self.shadow = shadow  # a mirrored run (its answer is discarded)
 
 
 def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
@@ -43,17 +75,6 @@ def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
     return value
 
 
-def _header_key(context) -> str | None:
-    """The route key from gRPC metadata (read only for sticky routes)."""
-    if context is None:
-        return None
-    for item in context.invocation_metadata() or ():
-        if item[0] == ROUTE_KEY_HEADER:
-            value = item[1]
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    return None
-
-
 class DataPlane:
     def __init__(
         self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS, routes=None
@@ -61,108 +82,134 @@ class DataPlane:
         self.repository = repository
         self.limits = limits
         self.routes = routes  # a routing.manager.RouteManager, or None
+        self.observers: list = []  # each has observe(outcome: Outcome)
 
-    async def infer(self, request, deadline: float, span=None, context=None) -> bytes:
-        """Run one decoded ModelInferRequest; returns the encoded ModelInferResponse.
-
-        ``deadline`` is a time.monotonic() value, 0 for none. ``span``: the request's
-        server span when it is traced (observability.tracing), else None. ``context``:
-        the gRPC call, read only for a sticky route's key header.
-        """
+    async def infer(self, request, ctx: RequestContext, span=None) -> InferResult:
+        """Run one decoded ModelInferRequest for a caller. ``span``: the request's
+        server span when it is traced (observability.tracing), else None."""
         routes = self.routes
-        route = None
         if routes is not None:
             table = routes.table.routes
             if table:
                 route = table.get(request.model_name)  # the one lookup routing costs
-        if route is None:
-            model = self.repository.resolve(request.model_name, request.model_version)
-        else:
-            if request.model_version:
-                raise InvalidArgument(
-                    f"'{request.model_name}' is a route: it picks the version itself; "
-                    "leave model_version empty (or name a model to pin a version)"
-                )
-            key = None
-            if route.sticky:
-                params = request.parameters
-                key = params.get(ROUTE_KEY_PARAMETER) if params else None
-                if key is None:
-                    key = _header_key(context)
-                elif not isinstance(key, str):
-                    key = str(key)
-            index = route.pick(key)
-            target = route.targets[index]
-            variant = route.stats[index]
-            variant.requests += 1
-            try:
-                model = self.repository.resolve(target.model, target.version)
-            except BaseException:
-                variant.failures += 1
-                if index == route.candidate:
-                    route.rollout.on_failure()
-                raise
-        if span is not None:
-            Tracing.describe(span, model, request.id)
-        started = _perf_ns()
-        now = time.monotonic()
-        model.enter(now)
-        try:
-            arrays, rows, shape_key = request_inputs(
-                request, model.inputs, model.max_batch_size, model.name, self.limits
+                if route is not None:
+                    return await self._routed(route, request, ctx, span)
+        model = self.repository.resolve(request.model_name, request.model_version)
+        return await self.run(model, request, ctx, span)
+
+    async def _routed(self, route, request, ctx: RequestContext, span) -> InferResult:
+        if request.model_version:
+            raise InvalidArgument(
+                f"'{request.model_name}' is a route: it picks the version itself; "
+                "leave model_version empty (or name a model to pin a version)"
             )
-            chosen = requested_outputs(request, model.outputs, model.name)
+        key = None
+        if route.sticky:
             params = request.parameters
-            priority = timeout_us = 0
-            if params:
-                priority = _int_parameter(params, "priority", 0, (1 << 64) - 1)
-                if priority > model.priority_levels:
-                    priority = 0  # as Triton: out-of-range priorities get the default level
-                timeout_us = _int_parameter(params, "timeout", 0, 1 << 62)
-            alone = model.alone(now)
-            if alone and model.inline and model.inflight == 1 and not priority:
-                # Idle model, run shorter than a thread hand-off: run it here.
-                if deadline and time.monotonic() > deadline:
-                    raise DeadlineExceeded(f"model {model.label}: the deadline passed")
-                if span is None:
-                    outputs = model.run_inline(arrays, rows, shape_key, now)
-                else:
-                    t0 = _perf_ns()
-                    outputs = model.run_inline(arrays, rows, shape_key, now)
-                    _tracing.ACTIVE.record_inline(model, span, rows, t0, _perf_ns())
-            else:
-                pending = await model.batcher.submit(
-                    arrays, rows, shape_key, priority, timeout_us, deadline, alone, span
+            key = params.get(ROUTE_KEY_PARAMETER) if params else None
+            if key is None:
+                key = ctx.header(ROUTE_KEY_HEADER)
+            elif not isinstance(key, str):
+                key = str(key)
+        index = route.pick(key)
+        target = route.targets[index]
+        variant = route.stats[index]
+        variant.requests += 1
+        try:
+            model = self.repository.resolve(target.model, target.version)
+        except BaseException:
+            variant.failures += 1
+            if index == route.candidate:
+                route.rollout.on_failure()
+            raise
+        return await self.run(model, request, ctx, span, route, index)
+
+    async def run(
+        self, model, request, ctx: RequestContext, span=None, route=None, index: int = 0
+    ) -> InferResult:
+        """Run one decoded request on one model version (validated here, so that a bad
+        request counts as the version's failure, as in Triton) and record it."""
+        tensors, _ = await self._run(model, request, ctx, span, route, index, None)
+        return InferResult(model.name, model.version_str, request.id, tensors)
+
+    async def run_prepared(self, model, arrays, rows: int, shape_key) -> dict:
+        """Run inputs already validated for another version (a shadow of a routed
+        request) and record it like any request; its outputs by name. Never inline on
+        the event loop, never mirrored again."""
+        _, outputs = await self._run(
+            model, None, INTERNAL, None, None, 0, (arrays, rows, shape_key)
+        )
+        return outputs
+
+    async def _run(self, model, request, ctx, span, route, index, prepared):
+        """The one path every request takes on a model version: enter, validate (live
+        traffic), run, leave; then the version's statistics, the route's variant
+        (``route``, ``index``), a mirror to the route's shadow, and every observer."""
+        started = _perf_ns()
+        now = _monotonic()
+        model.enter(now)
+        arrays = outputs = tensors = None
+        try:
+            if prepared is None:
+                arrays, rows, shape_key = request_inputs(
+                    request, model.inputs, model.max_batch_size, model.name, self.limits
                 )
-                outputs = pending.outputs
-            if chosen is None:
-                tensors = [response_tensor(s, outputs[s.name]) for s in model.output_specs]
+                chosen = requested_outputs(request, model.outputs, model.name)
+                params = request.parameters
+                priority = timeout_us = 0
+                if params:
+                    priority = _int_parameter(params, "priority", 0, (1 << 64) - 1)
+                    if priority > model.priority_levels:
+                        priority = 0  # as Triton: out-of-range priorities get the default level
+                    timeout_us = _int_parameter(params, "timeout", 0, 1 << 62)
+                if span is not None:
+                    Tracing.describe(span, model, request.id)
+                outputs = await model.run(
+                    arrays, rows, shape_key, priority, timeout_us, ctx.deadline, span, now
+                )
+                if chosen is None:
+                    tensors = [response_tensor(s, outputs[s.name]) for s in model.output_specs]
+                else:
+                    tensors = [
+                        response_tensor(s, outputs[s.name]) if not k
+                        else classes_tensor(s, outputs[s.name], k, model)
+                        for s, k in chosen
+                    ]
             else:
-                tensors = [
-                    response_tensor(s, outputs[s.name]) if not k
-                    else classes_tensor(s, outputs[s.name], k, model)
-                    for s, k in chosen
-                ]
-            body = encode_infer_response(model.name, model.version_str, request.id, tensors)
+                arrays, rows, shape_key = prepared
+                outputs = await model.run(arrays, rows, shape_key, 0, 0, 0.0, None, now, False)
         except BaseException as exc:  # errors and cancellation both count as failures
             ns = _perf_ns() - started
-            code = model.stats.record_failure(ns, exc)
+            status = model.stats.record_failure(ns, exc)
             if route is not None:
-                variant.failures += 1
-                variant.latency.observe(ns)
-                if index == route.candidate and code in _CANDIDATE_FAULTS:
-                    route.rollout.on_failure()
-            if _logs.REQUEST_LOG_RATIO:
-                _logs.maybe_log_request(model, request.id, ns, code)
+                self._route_failure(route, index, ns, status)
+            if self.observers:
+                self._observe(model, request, ns, status, arrays, None, prepared)
             raise
         finally:
             model.leave()
         ns = _perf_ns() - started
         model.stats.record_success(ns)
         if route is not None:
-            variant.latency.observe(ns)
+            route.stats[index].latency.observe(ns)
             if route.shadow is not None:
-                routes.shadows.maybe_mirror(route, arrays, rows, shape_key, outputs)
-        if _logs.REQUEST_LOG_RATIO:
-            _logs.maybe_log_request(model, request.id, ns, "OK")
-        return body
+                self.routes.shadows.maybe_mirror(route, arrays, rows, shape_key, outputs, self)
+        if self.observers:
+            self._observe(model, request, ns, "OK", arrays, outputs, prepared)
+        return tensors, outputs
+
+    @staticmethod
+    def _route_failure(route, index: int, ns: int, status: str) -> None:
+        variant = route.stats[index]
+        variant.failures += 1
+        variant.latency.observe(ns)
+        if index == route.candidate and status in _CANDIDATE_FAULTS:
+            route.rollout.on_failure()
+
+    def _observe(self, model, request, ns, status, arrays, outputs, prepared) -> None:
+        outcome = Outcome(
+            model, "" if request is None else request.id, ns, status, arrays, outputs,
+            prepared is not None,
+        )
+        for observer in self.observers:
+            observer.observe(outcome)

@@ -72,6 +72,16 @@ class ServerProcess:
                     self._ready.set()
         self._eof.set()
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds ``text`` (the server's output reaches us through a
+        pipe and a reader thread, a little after the call that caused it returned)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the server log:\n{self.log}")
+            time.sleep(0.02)
+        return self.log
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while not self._ready.is_set():

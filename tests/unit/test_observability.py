@@ -145,16 +145,18 @@ def test_json_log_lines_carry_event_fields():
 
 
 def test_request_logs_are_sampled(caplog):
-    model = SimpleNamespace(name="m", version_str="1")
+    from tensorgate.dataplane import Outcome
+
+    def outcome(request_id, shadow=False):
+        model = SimpleNamespace(name="m", version_str="1")
+        return Outcome(model, request_id, 12_000, "OK", None, None, shadow)
+
     caplog.set_level(logging.INFO, logger="tensorgate.requests")
-    logs.set_request_log_ratio(1.0)
-    try:
-        logs.maybe_log_request(model, "id-1", 12_000, "OK")
-        logs.set_request_log_ratio(1e-12)
-        for _ in range(100):
-            logs.maybe_log_request(model, "id-2", 12_000, "OK")
-    finally:
-        logs.set_request_log_ratio(0.0)
+    logs.RequestLog(1.0).observe(outcome("id-1"))
+    logs.RequestLog(1.0).observe(outcome("id-shadow", shadow=True))  # never logged
+    rare = logs.RequestLog(1e-12)
+    for _ in range(100):
+        rare.observe(outcome("id-2"))
     (record,) = caplog.records
     assert record.request_id == "id-1" and record.duration_us == 12 and record.code == "OK"
 

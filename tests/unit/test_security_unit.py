@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import pytest
 
+from tensorgate.context import RequestContext
 from tensorgate.errors import (
     InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated,
 )
@@ -19,23 +20,16 @@ from tensorgate.tensors import Limits, _element_count, TensorSpec
 from tensorgate.dtypes import DType  # noqa: F401  (TensorSpec's dtype type)
 
 
-class FakeContext:
-    def __init__(self, token: str | None = None, peer: str = "ipv4:10.1.2.3:40000",
-                 raw_header: str | None = None) -> None:
-        md = []
-        if raw_header is not None:
-            md.append(("authorization", raw_header))
-        elif token is not None:
-            md.append(("authorization", f"Bearer {token}"))
-        md.append(("user-agent", "test"))
-        self._md = tuple(md)
-        self._peer = peer
-
-    def invocation_metadata(self):
-        return self._md
-
-    def peer(self):
-        return self._peer
+def FakeContext(token: str | None = None, peer: str = "ipv4:10.1.2.3:40000",
+                raw_header: str | None = None) -> RequestContext:
+    """The neutral context a front end would build for a call with these credentials."""
+    md = []
+    if raw_header is not None:
+        md.append(("authorization", raw_header))
+    elif token is not None:
+        md.append(("authorization", f"Bearer {token}"))
+    md.append(("user-agent", "test"))
+    return RequestContext(0.0, tuple(md), peer)
 
 
 TABLE = TokenTable(parse_entries(["s3cret-infer infer", "s3cret-admin admin"], "test"))

@@ -11,13 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Awaitable, Callable
 
 import grpc
 
 from tensorgate import __version__
-from tensorgate._ext.codec import WireError, decode_infer_request, encode_stream_response
+from tensorgate._ext.codec import (
+    WireError,
+    decode_infer_request,
+    encode_infer_response,
+    encode_stream_response,
+)
 from tensorgate._proto.inference import grpc_service_pb2 as pb
+from tensorgate.context import RequestContext
 from tensorgate.dataplane import DataPlane
 from tensorgate.errors import (
     InvalidArgument,
@@ -32,7 +39,6 @@ from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
 from tensorgate.security import ADMIN, INFER, Guard, audit
-from tensorgate.security.guard import caller_peer
 
 log = logging.getLogger("tensorgate.grpc")
 
@@ -52,6 +58,32 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, rpc:
 def deadline_of(context: grpc.aio.ServicerContext) -> float:
     remaining = context.time_remaining()
     return 0.0 if remaining is None else time.monotonic() + remaining
+
+
+# The native front end relays non-ModelInfer calls to grpc.aio over a private Unix
+# socket and names the caller in this header (grpc++ drops any copy a caller sends).
+PEER_HEADER = "x-tensorgate-peer"
+
+
+def caller_peer(context) -> str:
+    """The caller's address: the relay's header for calls from the native front end's
+    private socket, else the transport's own."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        for key, value in context.invocation_metadata() or ():
+            if key == PEER_HEADER:
+                return value
+    return peer
+
+
+def request_context(context, deadline: float | None = None) -> RequestContext:
+    """The neutral view of a gRPC call (grpc.aio's context or the native front end's
+    call): metadata and peer are read only if something needs them."""
+    return RequestContext(
+        deadline_of(context) if deadline is None else deadline,
+        context.invocation_metadata,
+        partial(caller_peer, context),
+    )
 
 
 class InferenceService:
@@ -78,23 +110,21 @@ class InferenceService:
 
     async def model_infer(self, data: bytes, context) -> bytes:
         guard = self.guard
+        ctx = request_context(context)
         tracing = _tracing.ACTIVE  # None: tracing off, nothing else is paid for it
-        span = None if tracing is None else tracing.request_span("ModelInfer", context)
+        span = None if tracing is None else tracing.request_span("ModelInfer", ctx)
         try:
             if guard is None:
-                body = await self.dataplane.infer(
-                    self._accept(data), deadline_of(context), span, context
-                )
+                result = await self.dataplane.infer(self._accept(data), ctx, span)
             else:
                 # Checked inline: a grpc.aio interceptor would cost a coroutine per call.
-                guard.check(context, INFER, "ModelInfer")
+                ctx.principal = guard.check(ctx, INFER, "ModelInfer")
                 guard.enter()
                 try:
-                    body = await self.dataplane.infer(
-                        self._accept(data), deadline_of(context), span, context
-                    )
+                    result = await self.dataplane.infer(self._accept(data), ctx, span)
                 finally:
                     guard.leave()
+            body = encode_infer_response(*result)
         except asyncio.CancelledError as exc:
             if span is not None:
                 Tracing.fail(span, exc)
@@ -110,20 +140,19 @@ class InferenceService:
     async def model_stream_infer(self, requests, context):
         """Bidirectional stream: requests run concurrently; each gets one response or an
         error_message; a bad message never ends the stream."""
-        principal = None
+        stream = request_context(context)  # one per stream: its messages share it
         if self.guard is not None:
             try:  # credentials once per stream; rate and in-flight per message
-                principal = self.guard.authorize(context, INFER, "ModelStreamInfer")
+                stream.principal = self.guard.authorize(stream, INFER, "ModelStreamInfer")
             except TensorGateError as exc:
                 await _abort_for(exc, context, "ModelStreamInfer")
         out: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
-        deadline = deadline_of(context)
         tracing = _tracing.ACTIVE
-        incoming = None if tracing is None else tracing.incoming(context)  # once per stream
+        incoming = None if tracing is None else tracing.incoming(stream)  # once per stream
 
         async def one(data: bytes) -> None:
-            await out.put(await self.stream_message(data, context, principal, deadline, incoming))
+            await out.put(await self.stream_message(data, stream, incoming))
 
         async def read() -> None:
             try:
@@ -148,22 +177,22 @@ class InferenceService:
             for task in list(running):
                 task.cancel()
 
-    async def stream_message(self, data: bytes, context, principal, deadline: float,
-                             incoming) -> bytes:
-        """One ModelStreamInfer message of a stream whose credentials passed: its
-        encoded ModelStreamInferResponse, with error_message on failure. Raises only
-        CancelledError. Both front ends serve streams through this."""
+    async def stream_message(self, data: bytes, stream: RequestContext, incoming) -> bytes:
+        """One ModelStreamInfer message of a stream whose credentials passed (its
+        context carries the principal): its encoded ModelStreamInferResponse, with
+        error_message on failure. Raises only CancelledError. Both gRPC front ends
+        serve streams through this."""
         guard = self.guard
         tracing = _tracing.ACTIVE
         entered = False
         span = None if tracing is None else tracing.start("ModelStreamInfer", incoming)
         try:
             if guard is not None:
-                guard.check_rate(context, principal)
+                guard.check_rate(stream, stream.principal)
                 guard.enter()
                 entered = True
-            body = await self.dataplane.infer(self._accept(data), deadline, span, context)
-            response = encode_stream_response(body)
+            result = await self.dataplane.infer(self._accept(data), stream, span)
+            response = encode_stream_response(encode_infer_response(*result))
         except asyncio.CancelledError as exc:
             if span is not None:
                 Tracing.fail(span, exc)
@@ -332,7 +361,7 @@ def _guarded(
     async def handler(request, context):
         try:
             if guard is not None:
-                guard.check(context, role, rpc)
+                guard.check(request_context(context), role, rpc)
             return await fn(request, context)
         except asyncio.CancelledError:
             raise
@@ -358,8 +387,9 @@ def admin_handler(
     outcome and ``subject(request)`` (denied ones are logged by the guard)."""
 
     async def handler(request, context):
+        ctx = request_context(context)
         try:
-            principal = guard.check(context, ADMIN, rpc) if guard is not None else None
+            principal = guard.check(ctx, ADMIN, rpc) if guard is not None else None
         except TensorGateError as exc:
             await _abort_for(exc, context, rpc)
         who = principal.token_id if principal is not None else "-"
@@ -374,7 +404,7 @@ def admin_handler(
             await _abort_for(exc, context, rpc)
         finally:
             if audited:
-                audit.admin_action(rpc, caller_peer(context), who, subject(request), outcome)
+                audit.admin_action(rpc, ctx.peer, who, subject(request), outcome)
 
     return handler
 

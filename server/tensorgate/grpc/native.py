@@ -18,7 +18,7 @@ from functools import partial
 import grpc
 
 from tensorgate.errors import TensorGateError
-from tensorgate.grpc.inference import SERVICE, InferenceService, deadline_of
+from tensorgate.grpc.inference import SERVICE, InferenceService, request_context
 from tensorgate.observability import tracing as _tracing
 from tensorgate.security import INFER
 
@@ -122,18 +122,16 @@ class NativeInferDispatcher:
 
     async def _serve_message(self, message) -> None:
         service = self.service
-        principal = None
+        ctx = request_context(message)
         if service.guard is not None:
             try:  # per message here: each comes on its own, with the stream's metadata
-                principal = service.guard.authorize(message, INFER, "ModelStreamInfer")
+                ctx.principal = service.guard.authorize(ctx, INFER, "ModelStreamInfer")
             except TensorGateError as exc:
                 message.fail(exc.status.grpc, exc.message)  # ends the stream
                 return
         tracing = _tracing.ACTIVE
-        incoming = None if tracing is None else tracing.incoming(message)
-        message.answer(await service.stream_message(
-            message.data, message, principal, deadline_of(message), incoming
-        ))
+        incoming = None if tracing is None else tracing.incoming(ctx)
+        message.answer(await service.stream_message(message.data, ctx, incoming))
 
     async def _serve(self, call) -> None:
         try:

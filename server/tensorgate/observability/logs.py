@@ -51,24 +51,25 @@ def configure(level: str, fmt: str = "text", stream=None) -> None:
     root.setLevel(level)
 
 
-# -- sampled request logs (hot path: the caller checks REQUEST_LOG_RATIO first) --------
-
-REQUEST_LOG_RATIO = 0.0
+# -- sampled request logs: a data plane observer (DataPlane.observers) ------------------
 
 
-def set_request_log_ratio(ratio: float) -> None:
-    global REQUEST_LOG_RATIO
-    REQUEST_LOG_RATIO = ratio
+class RequestLog:
+    """Logs a sampled fraction of requests (logger tensorgate.requests), one line each.
+    On the data plane's observer list only when the ratio is above 0."""
 
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
 
-def maybe_log_request(model, request_id: str, ns: int, code: str) -> None:
-    """Log one request with probability REQUEST_LOG_RATIO (call only when it is > 0)."""
-    if random.random() >= REQUEST_LOG_RATIO:
-        return
-    request_log.info(
-        "%s %s:%s %d us", code, model.name, model.version_str, ns // 1000,
-        extra={
-            "event": "request", "model": model.name, "version": model.version_str,
-            "request_id": request_id, "duration_us": ns // 1000, "code": code,
-        },
-    )
+    def observe(self, outcome) -> None:
+        if outcome.shadow or random.random() >= self.ratio:
+            return
+        model, ns = outcome.model, outcome.ns
+        request_log.info(
+            "%s %s:%s %d us", outcome.status, model.name, model.version_str, ns // 1000,
+            extra={
+                "event": "request", "model": model.name, "version": model.version_str,
+                "request_id": outcome.request_id, "duration_us": ns // 1000,
+                "code": outcome.status,
+            },
+        )

@@ -108,11 +108,12 @@ class Tracing:
 
     # -- request spans (servicer) -------------------------------------------------
 
-    def incoming(self, context) -> tuple[Any, bool | None]:
+    def incoming(self, ctx) -> tuple[Any, bool | None]:
         """(parent context, its sampled flag) from a W3C traceparent in the call's
-        metadata; (None, None) without one (or with a malformed one)."""
+        metadata or headers (a RequestContext); (None, None) without one (or with a
+        malformed one)."""
         carrier = None
-        for key, value in context.invocation_metadata() or ():
+        for key, value in ctx.metadata:
             if key == "traceparent" or key == "tracestate":
                 if carrier is None:
                     carrier = {}
@@ -138,8 +139,8 @@ class Tracing:
             rpc, context=parent, kind=SpanKind.SERVER, attributes=self._rpc_attributes[rpc]
         )
 
-    def request_span(self, rpc: str, context):
-        return self.start(rpc, self.incoming(context))
+    def request_span(self, rpc: str, ctx):
+        return self.start(rpc, self.incoming(ctx))
 
     @staticmethod
     def describe(span, model, request_id: str) -> None:

@@ -57,8 +57,12 @@ class ShadowRunner:
         self._repository = repository
         self._tasks: set[asyncio.Task] = set()
 
-    def maybe_mirror(self, route: CompiledRoute, arrays, rows: int, shape_key, outputs) -> None:
-        """Called after the primary answered; costs one random() when not mirrored."""
+    def maybe_mirror(
+        self, route: CompiledRoute, arrays, rows: int, shape_key, outputs, dataplane
+    ) -> None:
+        """Called by the data plane after the primary answered; costs one random()
+        when not mirrored. The mirror runs through ``dataplane.run_prepared``, the
+        path live requests take."""
         shadow = route.shadow
         if _random() >= shadow.fraction:
             return
@@ -66,12 +70,12 @@ class ShadowRunner:
             shadow.stats.skipped += 1
             return
         task = asyncio.get_running_loop().create_task(
-            self._run(shadow, arrays, rows, shape_key, outputs)
+            self._run(shadow, arrays, rows, shape_key, outputs, dataplane)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, shadow, arrays, rows, shape_key, primary) -> None:
+    async def _run(self, shadow, arrays, rows, shape_key, primary, dataplane) -> None:
         stats: ShadowStats = shadow.stats
         stats.sent += 1
         started = time.perf_counter_ns()
@@ -80,14 +84,8 @@ class ShadowRunner:
         except Exception:
             stats.failed += 1
             return
-        now = time.monotonic()
-        model.enter(now)
         try:
-            # Always through the batcher (a worker thread), never inline on the loop.
-            pending = await model.batcher.submit(
-                arrays, rows, shape_key, 0, 0, 0.0, model.alone(now), None
-            )
-            outputs = pending.outputs
+            outputs = await dataplane.run_prepared(model, arrays, rows, shape_key)
         except asyncio.CancelledError:
             stats.failed += 1
             raise
@@ -95,11 +93,7 @@ class ShadowRunner:
             stats.failed += 1
             log.debug("shadow %s failed: %s", model.label, exc)
             return
-        finally:
-            model.leave()
-        ns = time.perf_counter_ns() - started
-        stats.latency.observe(ns)
-        model.stats.record_success(ns)
+        stats.latency.observe(time.perf_counter_ns() - started)
         try:
             exact, diff, top_rows, top_agree, agree = compare(primary, outputs, shadow.atol)
         except Exception:  # incomparable answers count as disagreement

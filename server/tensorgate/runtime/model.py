@@ -18,7 +18,7 @@ from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.batching.batcher import Batcher, BatchTimings, Pending
 from tensorgate.classification import read_labels
 from tensorgate.dtypes import BY_CONFIG
-from tensorgate.errors import ModelLoadError, RuntimeFailure
+from tensorgate.errors import DeadlineExceeded, ModelLoadError, RuntimeFailure
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.stats import VersionStats
 from tensorgate.repository.paths import ModelFiles
@@ -265,23 +265,37 @@ class ModelVersion:
             return None
         return sorted(times)[len(times) // 2]
 
-    def run_inline(
-        self, arrays: dict[str, np.ndarray], rows: int, shape_key=None, arrived: float = 0.0
+    async def run(
+        self, arrays: dict[str, np.ndarray], rows: int, shape_key, priority: int = 0,
+        timeout_us: int = 0, deadline: float = 0.0, span=None, now: float = 0.0,
+        inline_ok: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Run one request on the calling (event loop) thread; see INLINE_MAX_US.
-        ``shape_key`` and ``arrived`` (time.monotonic()) tell the batcher that these
-        rows went ahead of their batching window (Scheduler.note_early)."""
-        if self._windowed:
-            self.batcher.note_early(rows, shape_key, arrived)
-        t0 = time.perf_counter_ns()
-        try:
-            values = self._sessions[0].run(self.output_names, arrays)
-        except Exception as exc:  # onnxruntime's own exception types
-            raise RuntimeFailure(f"onnxruntime failed: {exc}") from None
-        infer_ns = time.perf_counter_ns() - t0
-        self.stats.record_batch(rows, 0, infer_ns, 0)
-        self.stats.record_request(0, 0, infer_ns, 0)
-        return dict(zip(self.output_names, values))
+        """Run one validated request (entered at ``now``); its outputs by name.
+
+        Inline on the calling (event loop) thread when the model is idle and its run
+        is shorter than a thread hand-off (see INLINE_MAX_US), else through the
+        batcher. ``inline_ok=False`` (shadow runs): always through the batcher."""
+        alone = self.alone(now)
+        if inline_ok and alone and self.inline and self.inflight == 1 and not priority:
+            if deadline and time.monotonic() > deadline:
+                raise DeadlineExceeded(f"model {self.label}: the deadline passed")
+            if self._windowed:  # these rows went ahead of their batching window
+                self.batcher.note_early(rows, shape_key, now)
+            t0 = time.perf_counter_ns()
+            try:
+                values = self._sessions[0].run(self.output_names, arrays)
+            except Exception as exc:  # onnxruntime's own exception types
+                raise RuntimeFailure(f"onnxruntime failed: {exc}") from None
+            t1 = time.perf_counter_ns()
+            self.stats.record_batch(rows, 0, t1 - t0, 0)
+            self.stats.record_request(0, 0, t1 - t0, 0)
+            if span is not None:
+                _tracing.ACTIVE.record_inline(self, span, rows, t0, t1)
+            return dict(zip(self.output_names, values))
+        pending = await self.batcher.submit(
+            arrays, rows, shape_key, priority, timeout_us, deadline, alone, span
+        )
+        return pending.outputs
 
     def _scheduler(self) -> Scheduler:
         if not self.dynamic_batching:

@@ -1,34 +1,22 @@
-"""The per-call checks, run inline by the servicer: credentials, role, rate, in-flight.
+"""The per-call checks, run inline by every front end: credentials, role, rate,
+in-flight.
 
 ``Guard.check`` is O(1): one scan of the call's (few) metadata entries, one SHA-256 of
-the token, one dict probe, one bucket update. Errors carry the status they map to
-(errors.py) and messages that name the limit or the missing role, never the token.
+the token, one dict probe, one bucket update. It reads the call's protocol-neutral
+``RequestContext`` (gRPC metadata or HTTP headers alike). Errors carry the status they
+map to (errors.py) and messages that name the limit or the missing role, never the
+token.
 """
 
 from __future__ import annotations
 
+from tensorgate.context import RequestContext
 from tensorgate.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from tensorgate.security import audit
 from tensorgate.security.auth import MAX_TOKEN_LEN, Principal, TokenTable, token_id
 from tensorgate.security.ratelimit import RateLimiter
 
 _BEARER = "bearer "
-
-
-# The native front end relays non-ModelInfer calls to grpc.aio over a private Unix
-# socket and names the caller in this header (grpc++ drops any copy a caller sends).
-PEER_HEADER = "x-tensorgate-peer"
-
-
-def caller_peer(context) -> str:
-    """The caller's address: the relay's header for calls from the native front end's
-    private socket, else the transport's own."""
-    peer = context.peer()
-    if peer.startswith("unix:"):
-        for key, value in context.invocation_metadata() or ():
-            if key == PEER_HEADER:
-                return value
-    return peer
 
 
 def peer_host(peer: str) -> str:
@@ -63,40 +51,40 @@ class Guard:
 
     # -- credentials and rate ------------------------------------------------------------
 
-    def check(self, context, role: str, rpc: str) -> Principal | None:
+    def check(self, ctx: RequestContext, role: str, rpc: str) -> Principal | None:
         """Authenticate and authorize a call and take a rate-limit token; raises
         Unauthenticated / PermissionDenied / ResourceExhausted."""
-        principal = self.authorize(context, role, rpc)
+        principal = self.authorize(ctx, role, rpc)
         if self.limiter is not None:
-            self.check_rate(context, principal)
+            self.check_rate(ctx, principal)
         return principal
 
-    def authorize(self, context, role: str, rpc: str) -> Principal | None:
+    def authorize(self, ctx: RequestContext, role: str, rpc: str) -> Principal | None:
         """The call's principal (None with auth off); raises Unauthenticated or
         PermissionDenied. No rate-limit token is taken."""
         if self.tokens is None:
             return None
-        principal = self._authenticate(context, rpc)
+        principal = self._authenticate(ctx, rpc)
         if role not in principal.roles:
-            audit.denied(rpc, caller_peer(context), principal.token_id, f"needs role {role}")
+            audit.denied(rpc, ctx.peer, principal.token_id, f"needs role {role}")
             raise PermissionDenied(f"{rpc} needs the '{role}' role, which this token lacks")
         return principal
 
-    def check_rate(self, context, principal: Principal | None) -> None:
+    def check_rate(self, ctx: RequestContext, principal: Principal | None) -> None:
         """Take one token from the client's bucket (its token id, else its peer host)."""
         limiter = self.limiter
         if limiter is None:
             return
-        key = principal.token_id if principal is not None else peer_host(caller_peer(context))
+        key = principal.token_id if principal is not None else peer_host(ctx.peer)
         if not limiter.allow(key):
             raise ResourceExhausted(
                 f"rate limit exceeded: this client may send {limiter.describe()} "
                 f"(--rate-limit-rps, --rate-limit-burst)"
             )
 
-    def _authenticate(self, context, rpc: str) -> Principal:
+    def _authenticate(self, ctx: RequestContext, rpc: str) -> Principal:
         token = None
-        for item in context.invocation_metadata() or ():
+        for item in ctx.metadata:
             if item[0] == "authorization":
                 value = item[1]
                 if isinstance(value, bytes):
@@ -105,7 +93,7 @@ class Guard:
                     token = value[7:].strip()
                 break
         if not token:
-            audit.denied(rpc, caller_peer(context), "-", "no bearer token")
+            audit.denied(rpc, ctx.peer, "-", "no bearer token")
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <token>'"
             )
@@ -115,7 +103,7 @@ class Guard:
             else None
         )
         if principal is None:
-            audit.denied(rpc, caller_peer(context), token_id(token), "unknown token")
+            audit.denied(rpc, ctx.peer, token_id(token), "unknown token")
             raise Unauthenticated("invalid credentials: the bearer token is not known")
         return principal
 
