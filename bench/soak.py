@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-READY_RE = re.compile(r"ready grpc=([\d.]+):(\d+) metrics=([\d.]+):(\d+)")
+READY_RE = re.compile(r"ready grpc=([\d.]+):(\d+) http=\S+ metrics=([\d.]+):(\d+)")
 # A call grpc core sheds before the server's event loop accepts it (its backlog of
 # unaccepted calls is full: the server is past capacity at that moment, e.g. on a
 # shared machine) ends CANCELLED within milliseconds; reported apart from errors the
@@ -167,8 +167,8 @@ def main() -> int:
     args = ap.parse_args()
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0", "--metrics-port",
-         "0", *args.serve_arg],
+        [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0", "--http-port", "-1",
+         "--metrics-port", "0", *args.serve_arg],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = metrics = ""

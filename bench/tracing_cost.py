@@ -42,7 +42,7 @@ def _flags(config: str) -> list[str]:
 
 def _start(config: str):
     args = [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0",
-            "--metrics-port", "-1", *_flags(config)]
+            "--http-port", "-1", "--metrics-port", "-1", *_flags(config)]
     # stdout (the console exporter's spans) goes to /dev/null; the log is on stderr.
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -26,6 +26,9 @@ from tensorgate.dataplane import DataPlane
 from tensorgate.grpc import control as control_grpc
 from tensorgate.grpc import native as native_grpc
 from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
+from tensorgate.http.server import HttpServer
+from tensorgate.http.server import ssl_context as _http_ssl_context
+from tensorgate.http.service import HttpService
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
@@ -99,6 +102,16 @@ def grpc_server_options(settings: Settings) -> list[tuple[str, int]]:
             ("grpc.server.max_pending_requests_hard_limit", hard),
         ]
     return options
+
+
+def http_ssl_context(settings: Settings):
+    """The HTTP port's TLS: the same certificate, key and client CA as gRPC's."""
+    if settings.tls_cert is None:
+        return None
+    return _http_ssl_context(
+        str(settings.tls_cert), str(settings.tls_key),
+        str(settings.tls_client_ca) if settings.tls_client_ca else None,
+    )
 
 
 def _delay_scheduler(environ) -> int:
@@ -196,6 +209,20 @@ async def serve(settings: Settings) -> int:
     if grpc_port == 0:
         log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
         return 1
+    http_server = None
+    http_port = -1
+    if settings.http_port >= 0:
+        http_server = HttpServer(HttpService(service), settings.max_message_mb * 1024 * 1024)
+        try:
+            http_port = await http_server.start(
+                settings.host, settings.http_port, http_ssl_context(settings)
+            )
+        except OSError as exc:
+            log.error("cannot serve HTTP on %s:%d: %s", settings.host, settings.http_port, exc)
+            if frontend is not None:
+                frontend.shutdown(0.0)  # nothing was served yet
+                shutil.rmtree(backend_dir, ignore_errors=True)
+            return 1
     metrics_server = None
     metrics_port = -1
     if settings.metrics_port >= 0:
@@ -244,8 +271,9 @@ async def serve(settings: Settings) -> int:
     await _set_health(health_servicer, repository, health_pb2.HealthCheckResponse.SERVING)
     ready = [m.label for m in repository.models()]
     log.info(
-        "ready grpc=%s:%d metrics=%s (%d model version(s): %s)",
+        "ready grpc=%s:%d http=%s metrics=%s (%d model version(s): %s)",
         settings.host, grpc_port,
+        f"{settings.host}:{http_port}" if http_server else "off",
         f"{settings.host}:{metrics_port}" if metrics_server else "off",
         len(ready), ", ".join(ready) or "none",
     )
@@ -262,6 +290,8 @@ async def serve(settings: Settings) -> int:
     # new ones are answered UNAVAILABLE; then what is left (idle streams, health
     # watches) gets a short grace.
     left = await _drain(repository, settings.shutdown_grace_secs)
+    if http_server is not None:
+        await http_server.stop(min(left, STREAM_GRACE_S))
     if frontend is not None:
         # grpc++ first (it relays to grpc.aio until its last call ended); it blocks
         # until then, so off the loop, which answers the ModelInfer calls it still holds.

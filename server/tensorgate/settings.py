@@ -30,6 +30,12 @@ class Settings:
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address both ports listen on."))
     grpc_port: int = field(default=8001, metadata=_doc("gRPC port (0 picks a free port)."))
+    http_port: int = field(
+        default=8000,
+        metadata=_doc(
+            "HTTP/REST port (KServe v2, as Triton's; 0 picks a free port, -1 disables)."
+        ),
+    )
     metrics_port: int = field(
         default=8002, metadata=_doc("HTTP /metrics port (0 picks a free port, -1 disables).")
     )
@@ -180,9 +186,9 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("grpc_port", "metrics_port"):
+        for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
-            low = -1 if name == "metrics_port" else 0
+            low = -1 if name != "grpc_port" else 0
             if not low <= port <= 65535:
                 raise ValueError(f"{name} must be in {low}..65535, got {port}")
         if self.log_level not in LOG_LEVELS:

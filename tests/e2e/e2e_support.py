@@ -30,7 +30,9 @@ DEMO_REPOSITORY = REPO_ROOT / "server" / "tensorgate" / "demo_repository"
 sys.path.insert(0, str(TESTS_DIR / "models"))
 import build_models  # noqa: E402, F401  (tests/models is not a package; re-exported)
 
-READY_RE = re.compile(r"ready grpc=([\d.]+):(\d+) metrics=([\d.]+):(\d+)")
+READY_RE = re.compile(
+    r"ready grpc=([\d.]+):(\d+) http=(?:([\d.]+):(\d+)|off) metrics=([\d.]+):(\d+)"
+)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
@@ -42,6 +44,8 @@ class ServerProcess:
         self.proc = proc
         self.grpc_url = ""  # "127.0.0.1:<port>"
         self.metrics_url = ""  # "http://127.0.0.1:<port>"
+        self.http_url = ""  # "127.0.0.1:<port>" (tritonclient.http's form); "" when off
+        self.http_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
         self._lines: list[str] = []
@@ -66,9 +70,12 @@ class ServerProcess:
                 match = READY_RE.search(line)
                 if match:
                     self.grpc_port = int(match.group(2))
-                    self.metrics_port = int(match.group(4))
+                    self.metrics_port = int(match.group(6))
                     self.grpc_url = f"{match.group(1)}:{match.group(2)}"
-                    self.metrics_url = f"http://{match.group(3)}:{match.group(4)}"
+                    self.metrics_url = f"http://{match.group(5)}:{match.group(6)}"
+                    if match.group(4):
+                        self.http_port = int(match.group(4))
+                        self.http_url = f"{match.group(3)}:{match.group(4)}"
                     self._ready.set()
         self._eof.set()
 
@@ -145,7 +152,8 @@ def start_server(
     if repo is not None:
         args += ["--model-repository", str(repo)]
     if default_ports:
-        args += ["--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]
+        args += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
+                 "--metrics-port", "0"]
     args += list(extra_args)
     proc = subprocess.Popen(
         args,

@@ -125,12 +125,14 @@ def test_environment_variables_configure_the_server(test_repo):
     env = server_env(
         TENSORGATE_HOST="127.0.0.1",
         TENSORGATE_GRPC_PORT="0",
+        TENSORGATE_HTTP_PORT="0",
         TENSORGATE_METRICS_PORT="0",
         TENSORGATE_MODEL_REPOSITORY=str(test_repo),
     )
     with start_server(None, env=env, default_ports=False) as srv:
         assert srv.grpc_port not in (0, 8001)
         assert srv.metrics_port not in (0, 8002)
+        assert srv.http_port not in (0, 8000)
         with grpcclient.InferenceServerClient(srv.grpc_url) as c:
             assert c.is_model_ready("identity_fp32")  # from the test repository, not the demo
             assert not model_ready(c, "simple_mlp")

@@ -299,9 +299,13 @@ def serve_metrics(
         registry.register(RouteCollector(routes))
 
     def app(environ, start_response):
-        if environ.get("PATH_INFO") == "/favicon.ico":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b""]
+        # /metrics only: a probe pointed here (e.g. Triton's GET :8002/v2/health/ready)
+        # must fail, not read metrics text as "ready".
+        if environ.get("PATH_INFO") != "/metrics":
+            body = b"Not Found: this port serves /metrics only\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
         body = exposition(registry)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN),
                                   ("Content-Length", str(len(body)))])

@@ -105,6 +105,10 @@ class Tracing:
             rpc: {"rpc.system": "grpc", "rpc.service": GRPC_SERVICE, "rpc.method": rpc}
             for rpc in ("ModelInfer", "ModelStreamInfer")
         }
+        self._rpc_attributes["HTTP ModelInfer"] = {
+            "http.request.method": "POST", "network.protocol.name": "http",
+            "rpc.method": "ModelInfer",
+        }
 
     # -- request spans (servicer) -------------------------------------------------
 
