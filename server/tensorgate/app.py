@@ -209,6 +209,14 @@ async def serve(settings: Settings) -> int:
     if grpc_port == 0:
         log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
         return 1
+    def give_up(what: str, port: int, exc: OSError) -> int:
+        """A port that cannot be served: nothing was served yet, undo and fail."""
+        log.error("cannot serve %s on %s:%d: %s", what, settings.host, port, exc)
+        if frontend is not None:
+            frontend.shutdown(0.0)
+            shutil.rmtree(backend_dir, ignore_errors=True)
+        return 1
+
     http_server = None
     http_port = -1
     if settings.http_port >= 0:
@@ -218,11 +226,7 @@ async def serve(settings: Settings) -> int:
                 settings.host, settings.http_port, http_ssl_context(settings)
             )
         except OSError as exc:
-            log.error("cannot serve HTTP on %s:%d: %s", settings.host, settings.http_port, exc)
-            if frontend is not None:
-                frontend.shutdown(0.0)  # nothing was served yet
-                shutil.rmtree(backend_dir, ignore_errors=True)
-            return 1
+            return give_up("HTTP", settings.http_port, exc)
     metrics_server = None
     metrics_port = -1
     if settings.metrics_port >= 0:
@@ -232,11 +236,7 @@ async def serve(settings: Settings) -> int:
                 hooks.events, routes, frontend,
             )
         except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s", settings.host, settings.metrics_port, exc)
-            if frontend is not None:
-                frontend.shutdown(0.0)  # nothing was served yet
-                shutil.rmtree(backend_dir, ignore_errors=True)
-            return 1
+            return give_up("metrics", settings.metrics_port, exc)
     obs_tracing.install(
         settings.trace_exporter, settings.trace_sample_ratio, settings.otlp_endpoint
     )
