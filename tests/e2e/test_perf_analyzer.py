@@ -33,8 +33,8 @@ def demo_server():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("concurrency", [1, 16])
-def test_perf_analyzer_runs_clean(demo_server, tmp_path, concurrency):
+@pytest.mark.parametrize("protocol, concurrency", [("grpc", 1), ("grpc", 16), ("http", 16)])
+def test_perf_analyzer_runs_clean(demo_server, tmp_path, protocol, concurrency):
     client = grpcclient.InferenceServerClient(demo_server.grpc_url)
     before = client.get_inference_statistics("simple_mlp", as_json=True)
     out = tmp_path / "perf.csv"
@@ -44,9 +44,9 @@ def test_perf_analyzer_runs_clean(demo_server, tmp_path, concurrency):
         "-m",
         "simple_mlp",
         "-i",
-        "grpc",
+        protocol,
         "-u",
-        demo_server.grpc_url,
+        demo_server.grpc_url if protocol == "grpc" else demo_server.http_url,
         "-b",
         "1",
         "--async",
@@ -68,7 +68,7 @@ def test_perf_analyzer_runs_clean(demo_server, tmp_path, concurrency):
     row = rows[0]
     throughput = float(row["Inferences/Second"])
     p50, p99 = int(row["p50 latency"]), int(row["p99 latency"])
-    print(f"perf_analyzer c={concurrency}: {throughput:.0f} infer/s, p50 {p50} us, p99 {p99} us")
+    print(f"perf_analyzer {protocol} c={concurrency}: {throughput:.0f} infer/s, p50 {p50} us, p99 {p99} us")
     assert throughput > 0
     after = client.get_inference_statistics("simple_mlp", as_json=True)
     stats_before = before["model_stats"][0]["inference_stats"]

@@ -25,6 +25,9 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASONS[499] = b"Client Closed Request"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_HEADER_BYTES = 64 * 1024
+# Pipelined requests read ahead of the one being answered: past this many, stop reading
+# the socket until the backlog halves (the client's own writes then block).
+MAX_PIPELINED = 16
 
 
 def _peer(transport) -> str:
@@ -57,6 +60,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: list[_Request] = []
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._paused = False
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -127,6 +131,9 @@ class HttpConnection(asyncio.Protocol):
         request.body = body[0] if len(body) == 1 else b"".join(body)
         request.keep_alive = self.parser.should_keep_alive()
         self._queue.append(request)
+        if len(self._queue) >= MAX_PIPELINED and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
 
@@ -140,6 +147,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             while self._queue and not self._closing:
                 request = self._queue.pop(0)
+                if self._paused and len(self._queue) <= MAX_PIPELINED // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
                 self.server.active += 1
                 try:
                     status, headers, body = await self.service.handle(
