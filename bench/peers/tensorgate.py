@@ -43,7 +43,6 @@ class TensorGatePeer(PeerServer):
             "--model-repository", str(repo),
             "--grpc-port", "0",
             "--metrics-port", "-1",
-            "--http-port", "-1",
             "--host", "127.0.0.1",
             *shlex.split(os.environ.get(ARGS_ENV, "")),
         ])
