@@ -112,3 +112,68 @@ def test_sigterm_under_load_loses_nothing(test_repo, tmp_path):
     assert code == 0, srv.log[-3000:]
     assert "stopped" in srv.log
     print(f"SIGTERM under load: {dict(outcomes)}")
+
+
+def test_sigterm_under_http_load_loses_nothing(test_repo, tmp_path):
+    """The HTTP front end: every request sent on an open connection is answered (200,
+    or 503 once the server refuses); after that only new connections are refused."""
+    import http.client
+    import json
+
+    repo = tmp_path / "repo"
+    shutil.copytree(test_repo / "identity_fp32", repo / "identity_fp32")
+    with start_server(repo, "--shutdown-grace-secs", "20") as srv:
+        host, port = srv.http_url.rsplit(":", 1)
+        outcomes: collections.Counter = collections.Counter()
+        lost: list[str] = []
+        lock = threading.Lock()
+        stopped = threading.Event()
+        body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
+                                       "data": [1, 2, 3, 4]}]}).encode()
+
+        def client() -> None:
+            conn = None
+            while True:
+                try:
+                    if conn is None:
+                        if stopped.is_set():
+                            return
+                        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                        conn.connect()
+                except OSError:
+                    with lock:
+                        outcomes["connection refused"] += 1
+                    return
+                try:
+                    conn.request("POST", "/v2/models/identity_fp32/infer", body=body)
+                    reply = conn.getresponse()
+                    reply.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError) as exc:
+                    # Only a request written to a connection the server had already
+                    # closed as idle can go unanswered: it was never read.
+                    with lock:
+                        outcomes["closed idle"] += 1
+                        if not stopped.is_set():
+                            lost.append(repr(exc))
+                    conn = None
+                    continue
+                with lock:
+                    outcomes[reply.status] += 1
+                if reply.status != 200 or reply.getheader("connection") == "close":
+                    conn.close()
+                    conn = None
+                    if reply.status == 503 or stopped.is_set():
+                        return
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client) for _ in range(CLIENTS)]
+            time.sleep(1.0)
+            stopped.set()
+            os.kill(srv.proc.pid, signal.SIGTERM)
+            for f in futures:
+                f.result(timeout=60)
+        assert srv.proc.wait(30) == 0
+        assert not lost, lost
+        assert outcomes[200] > 50, outcomes
+        assert set(outcomes) <= {200, 503, "connection refused", "closed idle"}, outcomes

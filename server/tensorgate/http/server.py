@@ -25,6 +25,9 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASONS[499] = b"Client Closed Request"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_HEADER_BYTES = 64 * 1024
+# After refusing a body as too large, keep reading (and dropping) what the client still
+# sends for this long, so that it gets to read the 413 instead of a broken pipe.
+LINGER_S = 5.0
 # Pipelined requests read ahead of the one being answered: past this many, stop reading
 # the socket until the backlog halves (the client's own writes then block).
 MAX_PIPELINED = 16
@@ -61,6 +64,7 @@ class HttpConnection(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._closing = False
         self._paused = False
+        self._discard = 0  # bytes still to drop after a 413 (lingering close)
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -76,6 +80,11 @@ class HttpConnection(asyncio.Protocol):
             self._task.cancel()  # the caller went away: its request leaves the queue
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            self._discard -= min(self._discard, len(data))
+            if not self._discard:
+                self.transport.close()
+            return
         if self._closing:
             return
         try:
@@ -86,7 +95,7 @@ class HttpConnection(asyncio.Protocol):
             # A callback's own exception arrives wrapped (HttpParserCallbackError).
             cause = exc.__context__
             if isinstance(cause, _TooLarge):
-                self._fail(413, str(cause))
+                self._fail(413, str(cause), linger=True)
             else:
                 self._fail(400, f"malformed HTTP request: {exc}")
 
@@ -182,15 +191,21 @@ class HttpConnection(asyncio.Protocol):
             parts.append(body)
         self.transport.write(b"".join(parts))
 
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(self, status: int, message: str, linger: bool = False) -> None:
         """A request that cannot be parsed: answer and close (nothing after it on this
-        connection can be trusted to be framed right)."""
+        connection can be trusted to be framed right). ``linger``: first drop what the
+        client is still sending (up to a body's limit more, for LINGER_S), so that a
+        client that writes its whole body before reading gets the answer."""
         if self._closing:
             return
         self._closing = True
         body = b'{"error":%s}' % _json_string(message)
         self._write(status, [(b"content-type", b"application/json")], body, False)
-        self.transport.close()
+        if linger:
+            self._discard = self.server.max_body + MAX_HEADER_BYTES
+            asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
     def close_if_idle(self) -> None:
         if self._task is None and not self._queue:
