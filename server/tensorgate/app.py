@@ -32,6 +32,7 @@ from tensorgate.http.service import HttpService
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
+from tensorgate.observability.live_settings import LogSettings
 from tensorgate.observability.metrics import serve_metrics
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.watch import RepositoryWatcher
@@ -165,7 +166,9 @@ async def serve(settings: Settings) -> int:
     dataplane = DataPlane(repository, security.limits, routes)
     if settings.request_log_sample_ratio > 0:
         dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
-    service = InferenceService(repository, dataplane, state, security.guard)
+    service = InferenceService(
+        repository, dataplane, state, security.guard, LogSettings(settings.log_format)
+    )
     server.add_generic_rpc_handlers([
         generic_handler(service),
         control_grpc.generic_handler(control_grpc.RoutingService(routes), security.guard),

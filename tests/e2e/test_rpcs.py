@@ -378,8 +378,6 @@ def test_repository_index_contradicting_config_reason(client):
             ),
         ),
         ("CudaSharedMemoryUnregister", service_pb2.CudaSharedMemoryUnregisterRequest(name="r")),
-        ("TraceSetting", service_pb2.TraceSettingRequest()),
-        ("LogSettings", service_pb2.LogSettingsRequest()),
     ],
 )
 def test_unimplemented_rpcs(server, method, request_message):

@@ -36,6 +36,7 @@ from tensorgate.errors import (
 )
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.observability import tracing as _tracing
+from tensorgate.observability.live_settings import LogSettings, TraceSettings
 from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
 from tensorgate.security import ADMIN, INFER, Guard, audit
@@ -90,12 +91,15 @@ class InferenceService:
     """Handlers for every RPC of GRPCInferenceService."""
 
     def __init__(
-        self, repository: ModelRepository, dataplane: DataPlane, state, guard: Guard | None = None
+        self, repository: ModelRepository, dataplane: DataPlane, state, guard: Guard | None = None,
+        log_settings: LogSettings | None = None, trace_settings: TraceSettings | None = None,
     ) -> None:
         self.repository = repository
         self.dataplane = dataplane
         self.state = state  # the app: .live, .ready
         self.guard = guard  # None when auth, rate limits and the in-flight cap are all off
+        self.log_settings = log_settings or LogSettings("text")
+        self.trace_settings = trace_settings or TraceSettings()
 
     # -- hot path ------------------------------------------------------------------
 
@@ -310,6 +314,46 @@ class InferenceService:
         log.info("model %s unloaded on request", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- settings that change while serving (reading needs infer, changing admin) ----
+
+    async def log_settings_rpc(self, request, context):
+        changes = {}
+        for key, value in request.settings.items():
+            which = value.WhichOneof("parameter_choice")
+            if which is None:
+                raise InvalidArgument(f"log setting '{key}': no value given")
+            changes[key] = getattr(value, which)
+        if changes:
+            self._check_admin(context, "LogSettings")
+        current = self.log_settings.update(changes) if changes else self.log_settings.current()
+        reply = pb.LogSettingsResponse()
+        for key, value in current.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
+            setattr(reply.settings[key], field, value)
+        return reply
+
+    async def trace_setting_rpc(self, request, context):
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        if changes:
+            self._check_admin(context, "TraceSetting")
+        settings = self.trace_settings
+        current = (
+            settings.update(changes, request.model_name) if changes or request.model_name
+            else settings.current()
+        )
+        reply = pb.TraceSettingResponse()
+        for key, values in current.items():
+            reply.settings[key].value.extend(values)
+        return reply
+
+    def _check_admin(self, context, rpc: str) -> None:
+        """Changing a setting needs the admin role, and leaves an audit line."""
+        principal = None
+        if self.guard is not None:
+            principal = self.guard.check(request_context(context), ADMIN, rpc)
+        who = principal.token_id if principal is not None else "-"
+        audit.admin_action(rpc, caller_peer(context), who, "-", "ok")
+
     @staticmethod
     def _check_repository_name(name: str) -> None:
         if name:
@@ -347,8 +391,6 @@ _UNIMPLEMENTED = {
     "CudaSharedMemoryStatus": "CUDA shared memory",
     "CudaSharedMemoryRegister": "CUDA shared memory",
     "CudaSharedMemoryUnregister": "CUDA shared memory",
-    "TraceSetting": "trace settings (tracing is configured by flags)",
-    "LogSettings": "log settings (logging is configured by flags)",
 }
 
 
@@ -441,6 +483,8 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         "ModelConfig": typed("ModelConfig", s.model_config, pb.ModelConfigRequest),
         "ModelStatistics": typed("ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest),
         "RepositoryIndex": typed("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest),
+        "LogSettings": typed("LogSettings", s.log_settings_rpc, pb.LogSettingsRequest),
+        "TraceSetting": typed("TraceSetting", s.trace_setting_rpc, pb.TraceSettingRequest),
         "RepositoryModelLoad": typed(
             "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest, ADMIN
         ),

@@ -286,15 +286,50 @@ class HttpService:
             audit.admin_action(rpc, ctx.peer, who, model, outcome)
         return 200, [], b""
 
-    # -- not served yet -------------------------------------------------------------------
+    # -- settings that change while serving -----------------------------------------
 
-    async def _trace_setting(self, ctx, method, body, model="", version="") -> Response:
-        raise Unimplemented("trace settings are configured by flags (--trace-exporter, "
-                            "--trace-sample-ratio); the trace setting API is not supported")
+    def _check_change(self, ctx, rpc: str) -> None:
+        """Changing a setting needs the admin role, and leaves an audit line."""
+        if self.guard is not None:
+            ctx.principal = self.guard.check(ctx, ADMIN, rpc)
+        who = ctx.principal.token_id if ctx.principal is not None else "-"
+        audit.admin_action(rpc, ctx.peer, who, "-", "ok")
 
     async def _log_settings(self, ctx, method, body) -> Response:
-        raise Unimplemented("log settings are configured by flags (--log-level, "
-                            "--log-format); the logging API is not supported")
+        settings = self.service.log_settings
+        if method == "GET":
+            self._check(ctx, INFER, "LogSettings")
+            return _json(200, settings.current())
+        changes = _body_json(body, "LogSettings")
+        self._check_change(ctx, "LogSettings")
+        return _json(200, settings.update(changes))
+
+    async def _trace_setting(self, ctx, method, body, model="", version="") -> Response:
+        settings = self.service.trace_settings
+        if version:
+            raise InvalidArgument("trace settings are per server, not per model version")
+        if method == "GET":
+            self._check(ctx, INFER, "TraceSetting")
+            current = settings.current() if not model else settings.update({}, model)
+        else:
+            changes = {}
+            for key, value in _body_json(body, "TraceSetting").items():
+                if value is None:
+                    changes[key] = []  # reset to the start value
+                elif isinstance(value, str):
+                    changes[key] = [value]
+                elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    changes[key] = value
+                else:
+                    raise InvalidArgument(
+                        f"trace setting '{key}': a string, a list of strings or null"
+                    )
+            self._check_change(ctx, "TraceSetting")
+            current = settings.update(changes, model)
+        # Triton's HTTP form: trace_level a list, every other setting one string.
+        return _json(200, {k: (v if k == "trace_level" else v[0]) for k, v in current.items()})
+
+    # -- not served yet -------------------------------------------------------------------
 
     async def _shared_memory(self, ctx, method, body, kind) -> Response:
         raise Unimplemented(f"{kind} shared memory is not supported by TensorGate")

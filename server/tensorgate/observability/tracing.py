@@ -48,6 +48,7 @@ GRPC_SERVICE = "inference.GRPCInferenceService"
 
 # The one switch the hot path reads: None when tracing is off.
 ACTIVE: "Tracing | None" = None
+INSTALLED: "Tracing | None" = None  # the configured tracer, also while ACTIVE is off
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _GETTER = DefaultGetter()
@@ -248,19 +249,20 @@ def _service_name() -> str:
 
 
 def install(exporter: str, ratio: float | None, endpoint: str = "") -> Tracing | None:
-    """Turn tracing on for this process (``ACTIVE``) unless the exporter is "none"."""
-    global ACTIVE
+    """Turn tracing on for this process (``ACTIVE``) unless the exporter is "none".
+    ``INSTALLED`` keeps the tracer while the trace settings API turns it off."""
+    global ACTIVE, INSTALLED
     span_exporter = make_exporter(exporter, endpoint)
     if span_exporter is None:
-        ACTIVE = None
+        ACTIVE = INSTALLED = None
         return None
-    ACTIVE = Tracing(BatchSpanProcessor(span_exporter), sample_ratio(ratio))
+    ACTIVE = INSTALLED = Tracing(BatchSpanProcessor(span_exporter), sample_ratio(ratio))
     log.info("tracing on: exporter %s, sample ratio %g (parent-based)", exporter, ACTIVE.ratio)
     return ACTIVE
 
 
 def uninstall() -> None:
-    global ACTIVE
-    tracing, ACTIVE = ACTIVE, None
+    global ACTIVE, INSTALLED
+    tracing, ACTIVE, INSTALLED = INSTALLED, None, None
     if tracing is not None:
         tracing.shutdown()

@@ -289,8 +289,9 @@ class ModelVersion:
             t1 = time.perf_counter_ns()
             self.stats.record_batch(rows, 0, t1 - t0, 0)
             self.stats.record_request(0, 0, t1 - t0, 0)
-            if span is not None:
-                _tracing.ACTIVE.record_inline(self, span, rows, t0, t1)
+            tracing = _tracing.ACTIVE
+            if span is not None and tracing is not None:
+                tracing.record_inline(self, span, rows, t0, t1)
             return dict(zip(self.output_names, values))
         pending = await self.batcher.submit(
             arrays, rows, shape_key, priority, timeout_us, deadline, alone, span
