@@ -223,7 +223,10 @@ async def serve(settings: Settings) -> int:
     http_server = None
     http_port = -1
     if settings.http_port >= 0:
-        http_server = HttpServer(HttpService(service), settings.max_message_mb * 1024 * 1024)
+        http_server = HttpServer(
+            HttpService(service), settings.max_message_mb * 1024 * 1024,
+            settings.http_idle_timeout_secs,
+        )
         try:
             http_port = await http_server.start(
                 settings.host, settings.http_port, http_ssl_context(settings)

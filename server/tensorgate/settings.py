@@ -30,6 +30,13 @@ class Settings:
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address both ports listen on."))
     grpc_port: int = field(default=8001, metadata=_doc("gRPC port (0 picks a free port)."))
+    http_idle_timeout_secs: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Close an HTTP keep-alive connection that sent nothing for this long (a request "
+            "being answered is never idle); 0 = never."
+        ),
+    )
     http_port: int = field(
         default=8000,
         metadata=_doc(
@@ -216,6 +223,10 @@ class Settings:
         if not 0 <= self.malloc_trim_secs <= 3600:
             raise ValueError(
                 f"malloc_trim_secs must be in 0..3600, got {self.malloc_trim_secs}"
+            )
+        if not 0 <= self.http_idle_timeout_secs <= 86400:
+            raise ValueError(
+                f"http_idle_timeout_secs must be in 0..86400, got {self.http_idle_timeout_secs}"
             )
         if not 0 <= self.repository_poll_secs <= 3600:
             raise ValueError(

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -272,3 +273,17 @@ def test_tokens_roles_and_rate_limits_apply_to_http(test_repo):
                         admin)[0] == 200
         log = srv.wait_for_log("admin rpc=RepositoryModelUnload")
         assert "model=identity_fp32 outcome=ok" in log
+
+
+def test_idle_keep_alive_connections_are_closed(test_repo):
+    with start_server(test_repo, "--http-idle-timeout-secs", "1") as srv:
+        host, port = srv.http_url.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as idle:
+            idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200 OK")
+            with socket.create_connection((host, int(port)), timeout=10) as busy:
+                for _ in range(6):  # 1.8 s of requests, each well inside the timeout
+                    busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert busy.recv(4096).startswith(b"HTTP/1.1 200 OK")
+                    time.sleep(0.3)
+                assert idle.recv(4096) == b""  # closed by the server after ~1 s idle

@@ -65,6 +65,8 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._paused = False
         self._discard = 0  # bytes still to drop after a 413 (lingering close)
+        self._last = 0.0  # loop time of the last bytes read or answer written
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -72,14 +74,35 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         self.peer = _peer(transport)
         self.server.connections.add(self)
+        self._last = asyncio.get_running_loop().time()
+        if self.server.idle_timeout > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                self.server.idle_timeout, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        """Close a kept-alive connection that sent nothing for --http-idle-timeout-secs
+        (a request being answered is not idle)."""
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._last + self.server.idle_timeout - loop.time()
+        if self._task is None and not self._queue and left <= 0:
+            self._closing = True
+            self.transport.close()
+            return
+        self._idle_timer = loop.call_later(max(left, 0.1), self._check_idle)
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
         self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._task is not None:
             self._task.cancel()  # the caller went away: its request leaves the queue
 
     def data_received(self, data: bytes) -> None:
+        self._last = asyncio.get_running_loop().time()
         if self._discard:
             self._discard -= min(self._discard, len(data))
             if not self._discard:
@@ -170,6 +193,7 @@ class HttpConnection(asyncio.Protocol):
                 keep_alive = request.keep_alive and not self.server.stopping
                 self._write(status, headers, body, keep_alive,
                             head_only=request.method == "HEAD")
+                self._last = asyncio.get_running_loop().time()
                 if not keep_alive:
                     self._closing = True
                     self.transport.close()
@@ -224,9 +248,10 @@ def _json_string(text: str) -> bytes:
 class HttpServer:
     """The listening socket(s) and every open connection."""
 
-    def __init__(self, service, max_body: int) -> None:
+    def __init__(self, service, max_body: int, idle_timeout: float = 0.0) -> None:
         self.service = service
         self.max_body = max_body
+        self.idle_timeout = idle_timeout  # seconds; 0: keep idle connections open
         self.connections: set[HttpConnection] = set()
         self.active = 0  # requests being answered
         self.stopping = False
