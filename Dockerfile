@@ -3,7 +3,7 @@
 # (e.g. built FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 with python3.11 added).
 #
 #   docker build -t tensorgate .
-#   docker run --rm -p 8001:8001 -p 8002:8002 -v $PWD/models:/models tensorgate \
+#   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/models:/models tensorgate \
 #       serve --model-repository /models
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -32,7 +32,7 @@ USER tensorgate
 WORKDIR /srv
 # Inside a container the server must listen beyond loopback.
 ENV TENSORGATE_HOST=0.0.0.0
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
     CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
 c=grpc.insecure_channel('127.0.0.1:8001'); \
