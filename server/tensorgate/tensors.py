@@ -227,6 +227,11 @@ def _utf8_strings(spec: TensorSpec, arr: np.ndarray, model: str, max_len: int = 
     return out
 
 
+def _quoted(names) -> str:
+    """Triton's list form: ['A','B']."""
+    return "[" + ",".join(f"'{n}'" for n in names) + "]"
+
+
 def _count_error(
     inputs, specs: dict[str, TensorSpec], model: str, required: int
 ) -> InvalidArgument:
@@ -234,17 +239,16 @@ def _count_error(
     given = [t.name for t in inputs]
     missing = [n for n, s in specs.items() if not s.optional and n not in given]
     extra = [n for n in given if n not in specs]
-    quoted = lambda names: "[" + ",".join(f"'{n}'" for n in names) + "]"  # noqa: E731
     expected = (
         f"expected {len(specs)} inputs" if required == len(specs)
         else f"expected number of inputs between {required} and {len(specs)}"
     )
-    text = f"{expected} but got {len(given)} inputs for model '{model}'. Got input(s) {quoted(given)}"
+    text = f"{expected} but got {len(given)} inputs for model '{model}'. Got input(s) {_quoted(given)}"
     if missing:
-        text += (f", but missing required input(s) {quoted(missing)}. Please provide all "
+        text += (f", but missing required input(s) {_quoted(missing)}. Please provide all "
                  "required input(s).")
     if extra:
-        text += f" Unexpected input(s) {quoted(extra)}."
+        text += f" Unexpected input(s) {_quoted(extra)}."
     return InvalidArgument(text)
 
 

@@ -323,9 +323,11 @@ class InferenceService:
             if which is None:
                 raise InvalidArgument(f"log setting '{key}': no value given")
             changes[key] = getattr(value, which)
-        if changes:
-            self._check_admin(context, "LogSettings")
-        current = self.log_settings.update(changes) if changes else self.log_settings.current()
+        current = (
+            self.change_settings(request_context(context), "LogSettings",
+                                 lambda: self.log_settings.update(changes))
+            if changes else self.log_settings.current()
+        )
         reply = pb.LogSettingsResponse()
         for key, value in current.items():
             field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
@@ -334,25 +336,35 @@ class InferenceService:
 
     async def trace_setting_rpc(self, request, context):
         changes = {key: list(value.value) for key, value in request.settings.items()}
-        if changes:
-            self._check_admin(context, "TraceSetting")
         settings = self.trace_settings
-        current = (
-            settings.update(changes, request.model_name) if changes or request.model_name
-            else settings.current()
-        )
+        if changes:
+            current = self.change_settings(
+                request_context(context), "TraceSetting",
+                lambda: settings.update(changes, request.model_name),
+            )
+        elif request.model_name:
+            current = settings.update({}, request.model_name)  # refused by name
+        else:
+            current = settings.current()
         reply = pb.TraceSettingResponse()
         for key, values in current.items():
             reply.settings[key].value.extend(values)
         return reply
 
-    def _check_admin(self, context, rpc: str) -> None:
-        """Changing a setting needs the admin role, and leaves an audit line."""
-        principal = None
+    def change_settings(self, ctx: RequestContext, rpc: str, apply: Callable[[], dict]) -> dict:
+        """Apply a settings change (gRPC and HTTP alike): it needs the admin role, and
+        leaves one audit line with its outcome."""
         if self.guard is not None:
-            principal = self.guard.check(request_context(context), ADMIN, rpc)
-        who = principal.token_id if principal is not None else "-"
-        audit.admin_action(rpc, caller_peer(context), who, "-", "ok")
+            ctx.principal = self.guard.check(ctx, ADMIN, rpc)  # denied ones: audited there
+        who = ctx.principal.token_id if ctx.principal is not None else "-"
+        outcome = "ok"
+        try:
+            return apply()
+        except Exception as exc:
+            outcome = status_of(exc).name
+            raise
+        finally:
+            audit.admin_action(rpc, ctx.peer, who, "-", outcome)
 
     @staticmethod
     def _check_repository_name(name: str) -> None:

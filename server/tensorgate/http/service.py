@@ -288,21 +288,15 @@ class HttpService:
 
     # -- settings that change while serving -----------------------------------------
 
-    def _check_change(self, ctx, rpc: str) -> None:
-        """Changing a setting needs the admin role, and leaves an audit line."""
-        if self.guard is not None:
-            ctx.principal = self.guard.check(ctx, ADMIN, rpc)
-        who = ctx.principal.token_id if ctx.principal is not None else "-"
-        audit.admin_action(rpc, ctx.peer, who, "-", "ok")
-
     async def _log_settings(self, ctx, method, body) -> Response:
         settings = self.service.log_settings
         if method == "GET":
             self._check(ctx, INFER, "LogSettings")
             return _json(200, settings.current())
         changes = _body_json(body, "LogSettings")
-        self._check_change(ctx, "LogSettings")
-        return _json(200, settings.update(changes))
+        return _json(200, self.service.change_settings(
+            ctx, "LogSettings", lambda: settings.update(changes)
+        ))
 
     async def _trace_setting(self, ctx, method, body, model="", version="") -> Response:
         settings = self.service.trace_settings
@@ -324,8 +318,9 @@ class HttpService:
                     raise InvalidArgument(
                         f"trace setting '{key}': a string, a list of strings or null"
                     )
-            self._check_change(ctx, "TraceSetting")
-            current = settings.update(changes, model)
+            current = self.service.change_settings(
+                ctx, "TraceSetting", lambda: settings.update(changes, model)
+            )
         # Triton's HTTP form: trace_level a list, every other setting one string.
         return _json(200, {k: (v if k == "trace_level" else v[0]) for k, v in current.items()})
 
