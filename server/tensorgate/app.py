@@ -43,6 +43,7 @@ from tensorgate.runtime import model as runtime_model
 from tensorgate.security.config import from_settings as security_from_settings
 from tensorgate.security.tls import server_credentials
 from tensorgate.settings import Settings
+from tensorgate.shared_memory import SystemSharedMemory
 
 log = logging.getLogger("tensorgate")
 
@@ -163,7 +164,8 @@ async def serve(settings: Settings) -> int:
         repository,
         route_store.state_path(Path(root)) if settings.model_repository else None,
     )
-    dataplane = DataPlane(repository, security.limits, routes)
+    shared_memory = SystemSharedMemory(settings.allow_client_shm)
+    dataplane = DataPlane(repository, security.limits, routes, shared_memory)
     if settings.request_log_sample_ratio > 0:
         dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
     service = InferenceService(
@@ -309,6 +311,7 @@ async def serve(settings: Settings) -> int:
     trimmer.stop()
     await routes.close()
     await repository.unload_all()
+    shared_memory.close()
     obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:
         metrics_server.shutdown()

@@ -20,6 +20,7 @@ from tensorgate.context import INTERNAL, RequestContext
 from tensorgate.errors import InvalidArgument
 from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.shared_memory import SystemSharedMemory, write_output
 from tensorgate.tensors import (
     DEFAULT_LIMITS,
     Limits,
@@ -77,11 +78,14 @@ def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
 
 class DataPlane:
     def __init__(
-        self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS, routes=None
+        self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS, routes=None,
+        shared_memory: SystemSharedMemory | None = None,
     ) -> None:
         self.repository = repository
         self.limits = limits
         self.routes = routes  # a routing.manager.RouteManager, or None
+        # Regions clients registered (off: a registry that refuses to register any).
+        self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
         self.observers: list = []  # each has observe(outcome: Outcome)
 
     async def infer(self, request, ctx: RequestContext, span=None) -> InferResult:
@@ -151,10 +155,11 @@ class DataPlane:
         arrays = outputs = tensors = None
         try:
             if prepared is None:
+                shm = self.shared_memory
                 arrays, rows, shape_key = request_inputs(
-                    request, model.inputs, model.max_batch_size, model.name, self.limits
+                    request, model.inputs, model.max_batch_size, model.name, self.limits, shm
                 )
-                chosen = requested_outputs(request, model.outputs, model.name)
+                chosen = requested_outputs(request, model.outputs, model.name, shm)
                 params = request.parameters
                 priority = timeout_us = 0
                 if params:
@@ -170,11 +175,11 @@ class DataPlane:
                 if chosen is None:
                     tensors = [response_tensor(s, outputs[s.name]) for s in model.output_specs]
                 else:
-                    tensors = [
-                        response_tensor(s, outputs[s.name]) if not k
-                        else classes_tensor(s, outputs[s.name], k, model)
-                        for s, k in chosen
-                    ]
+                    tensors = []
+                    for s, k, span in chosen:
+                        entry = (response_tensor(s, outputs[s.name]) if not k
+                                 else classes_tensor(s, outputs[s.name], k, model))
+                        tensors.append(entry if span is None else write_output(entry, span))
             else:
                 arrays, rows, shape_key = prepared
                 outputs = await model.run(arrays, rows, shape_key, 0, 0, 0.0, None, now, False)

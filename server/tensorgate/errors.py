@@ -26,6 +26,7 @@ CANCELLED = Status("CANCELLED", 1, 499)  # nginx's "client closed request"
 INVALID_ARGUMENT = Status("INVALID_ARGUMENT", 3, 400)
 DEADLINE_EXCEEDED = Status("DEADLINE_EXCEEDED", 4, 504)
 NOT_FOUND = Status("NOT_FOUND", 5, 404)
+ALREADY_EXISTS = Status("ALREADY_EXISTS", 6, 409)
 PERMISSION_DENIED = Status("PERMISSION_DENIED", 7, 403)
 RESOURCE_EXHAUSTED = Status("RESOURCE_EXHAUSTED", 8, 429)
 FAILED_PRECONDITION = Status("FAILED_PRECONDITION", 9, 409)
@@ -49,6 +50,12 @@ class NotFound(TensorGateError):
     """Unknown model, version or route."""
 
     status = NOT_FOUND
+
+
+class AlreadyExists(TensorGateError):
+    """A name that must be unique is taken (a shared-memory region)."""
+
+    status = ALREADY_EXISTS
 
 
 class InvalidArgument(TensorGateError):

@@ -108,6 +108,16 @@ class Settings:
             "link in the repository makes the server read outside it."
         ),
     )
+    allow_client_shm: bool = field(
+        default=False,
+        metadata=_doc(
+            "Let clients register system shared-memory regions (files in /dev/shm) and "
+            "pass inputs and outputs through them (the v2 shared-memory extension, as "
+            "tritonclient's utils.shared_memory and perf_analyzer --shared-memory system "
+            "use it). Off, as in Triton: registering is refused, since a region gives a "
+            "caller read and write access to a file the server maps."
+        ),
+    )
     repository_poll_secs: float = field(
         default=0.0,
         metadata=_doc(

@@ -17,6 +17,7 @@ from tensorgate._ext.codec import BytesTensorError, decode_bytes_tensor, encode_
 from tensorgate.classification import classification_count, top_classes
 from tensorgate.dtypes import DType
 from tensorgate.errors import InvalidArgument
+from tensorgate.shared_memory import uses_shared_memory
 
 
 @dataclass(frozen=True)
@@ -258,15 +259,20 @@ def request_inputs(
     max_batch_size: int,
     model: str,
     limits: Limits = DEFAULT_LIMITS,
+    shared_memory=None,
 ):
     """Validate a decoded request's inputs; returns (arrays by name, rows, shape key).
+    ``shared_memory``: the server's ``SystemSharedMemory``, for inputs that name a
+    region (views into it, no copy).
 
     The shape key groups requests that may share a batch: the non-batch shapes of all
     inputs (``None`` when every input has fixed dims, so every request matches).
     """
     inputs = request.inputs
     raw = request.raw_input_contents
-    if raw and len(raw) != len(inputs):
+    if raw and len(raw) != len(inputs) and len(raw) != sum(
+        1 for t in inputs if not uses_shared_memory(t.parameters)
+    ):  # raw_input_contents has one entry per input not in shared memory
         for tensor in inputs:
             if tensor.contents:
                 raise InvalidArgument(
@@ -294,7 +300,8 @@ def request_inputs(
     arrays: dict[str, np.ndarray] = {}
     rows = -1
     variable = False
-    for i, tensor in enumerate(inputs):
+    next_raw = 0  # raw_input_contents skips inputs in shared memory
+    for tensor in inputs:
         name = tensor.name
         if name in arrays:
             raise InvalidArgument(f"input '{name}' already exists in request")
@@ -319,18 +326,34 @@ def request_inputs(
                 f"input '{name}' batch size does not match other inputs for '{model}' "
                 f"({n}, the inputs before it: {rows})"
             )
-        if raw:
+        params = tensor.parameters
+        data = None
+        if params and uses_shared_memory(params):
+            if tensor.contents:
+                raise InvalidArgument(
+                    f"unexpected 'content' provided when using shared memory for input "
+                    f"tensor '{name}' for model '{model}'"
+                )
+            if shared_memory is None:
+                raise InvalidArgument(
+                    f"input '{name}' names a shared memory region: this path takes none"
+                )
+            data = shared_memory.input_bytes(name, params)
+            arr = _from_raw(spec, shape, data, count, model)
+        elif raw:
             if tensor.contents:
                 raise InvalidArgument(
                     f"contents field must not be specified when using raw_input_contents for "
                     f"'{name}' for model '{model}'"
                 )
-            arr = _from_raw(spec, shape, raw[i], count, model)
+            data = raw[next_raw]
+            next_raw += 1
+            arr = _from_raw(spec, shape, data, count, model)
         else:
             arr = _from_typed(spec, shape, tensor.contents, count, model)
         if spec.dtype.wire == "BYTES":
             max_len = limits.max_bytes_element
-            if max_len and raw and len(raw[i]) - 4 * count <= max_len:
+            if max_len and data is not None and len(data) - 4 * count <= max_len:
                 max_len = 0  # the payload is too small for any element to pass the limit
             arr = _utf8_strings(spec, arr, model, max_len)
         if spec.model_dims is not None:
@@ -346,10 +369,13 @@ def request_inputs(
     return arrays, max(rows, 1), shape_key
 
 
-def requested_outputs(request, outputs: dict[str, TensorSpec], model: str):
-    """The outputs a request asked for, in its order, as (spec, class count) pairs (class
-    count 0: the tensor itself; k > 0: Triton's classification extension, the top k);
-    None when it named none (all outputs, as they are)."""
+def requested_outputs(
+    request, outputs: dict[str, TensorSpec], model: str, shared_memory=None
+):
+    """The outputs a request asked for, in its order, as (spec, class count, span)
+    triples (class count 0: the tensor itself; k > 0: Triton's classification
+    extension, the top k; span: where in shared memory it goes, else None); None when
+    it named none (all outputs, as they are)."""
     if not request.outputs:
         return None
     chosen = []
@@ -366,7 +392,21 @@ def requested_outputs(request, outputs: dict[str, TensorSpec], model: str):
             raise InvalidArgument(f"output '{name}' already exists in request")
         seen.add(name)
         params = out.parameters
-        chosen.append((spec, classification_count(params, spec) if params else 0))
+        if not params:
+            chosen.append((spec, 0, None))
+            continue
+        span = None
+        if uses_shared_memory(params):
+            if "classification" in params:
+                raise InvalidArgument(
+                    "output can't set both 'shared_memory_region' and 'classification'"
+                )
+            if shared_memory is None:
+                raise InvalidArgument(
+                    f"output '{name}' names a shared memory region: this path takes none"
+                )
+            span = shared_memory.output_span(name, params)
+        chosen.append((spec, classification_count(params, spec), span))
     return chosen
 
 

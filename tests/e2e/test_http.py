@@ -146,7 +146,10 @@ def test_curl_style_json_request(server):
          "model name must not contain path traversal characters"),
         ("POST", "/v2/repository/models/%20/load", b"", 400, "Model name cannot be empty"),
         ("POST", "/v2/repository/models/a%00b/load", b"", 400, "control characters"),
-        ("GET", "/v2/systemsharedmemory/status", b"", 501, "shared memory"),
+        ("POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "/k", "byte_size": 8}',
+         501, "Client shared memory is disabled"),
+        ("GET", "/v2/cudasharedmemory/status", b"", 501, "CUDA shared memory is not supported"),
+        ("GET", "/v2/systemsharedmemory/region/r/register", b"", 405, "Method Not Allowed"),
     ],
 )
 def test_errors_have_the_matching_status_and_a_json_body(server, method, path, body, status,

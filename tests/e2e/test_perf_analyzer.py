@@ -28,13 +28,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def demo_server():
-    with start_server(None) as srv:
+    with start_server(None, "--allow-client-shm") as srv:
         yield srv
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("protocol, concurrency", [("grpc", 1), ("grpc", 16), ("http", 16)])
-def test_perf_analyzer_runs_clean(demo_server, tmp_path, protocol, concurrency):
+@pytest.mark.parametrize(
+    "protocol, concurrency, shared_memory",
+    [("grpc", 1, "none"), ("grpc", 16, "none"), ("http", 16, "none"), ("grpc", 16, "system")],
+)
+def test_perf_analyzer_runs_clean(demo_server, tmp_path, protocol, concurrency, shared_memory):
     client = grpcclient.InferenceServerClient(demo_server.grpc_url)
     before = client.get_inference_statistics("simple_mlp", as_json=True)
     out = tmp_path / "perf.csv"
@@ -58,6 +61,8 @@ def test_perf_analyzer_runs_clean(demo_server, tmp_path, protocol, concurrency):
         "1000",
         "--max-trials",
         "3",
+        "--shared-memory",
+        shared_memory,
         "-f",
         str(out),
     ]
@@ -68,8 +73,12 @@ def test_perf_analyzer_runs_clean(demo_server, tmp_path, protocol, concurrency):
     row = rows[0]
     throughput = float(row["Inferences/Second"])
     p50, p99 = int(row["p50 latency"]), int(row["p99 latency"])
-    print(f"perf_analyzer {protocol} c={concurrency}: {throughput:.0f} infer/s, p50 {p50} us, p99 {p99} us")
+    print(f"perf_analyzer {protocol} c={concurrency} shm={shared_memory}: {throughput:.0f} infer/s, p50 {p50} us, p99 {p99} us")
     assert throughput > 0
+    if shared_memory != "none":  # it registered regions for the inputs and the output
+        log = demo_server.wait_for_log("shared memory region")
+        registered = [line for line in log.splitlines() if "registered: key" in line]
+        assert len(registered) >= 2, log
     after = client.get_inference_statistics("simple_mlp", as_json=True)
     stats_before = before["model_stats"][0]["inference_stats"]
     stats_after = after["model_stats"][0]["inference_stats"]

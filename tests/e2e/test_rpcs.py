@@ -362,7 +362,6 @@ def test_repository_index_contradicting_config_reason(client):
 @pytest.mark.parametrize(
     "method, request_message",
     [
-        ("SystemSharedMemoryStatus", service_pb2.SystemSharedMemoryStatusRequest()),
         (
             "SystemSharedMemoryRegister",
             service_pb2.SystemSharedMemoryRegisterRequest(
@@ -381,6 +380,7 @@ def test_repository_index_contradicting_config_reason(client):
     ],
 )
 def test_unimplemented_rpcs(server, method, request_message):
+    """CUDA shared memory, and system shared memory changes without --allow-client-shm."""
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:

@@ -40,12 +40,16 @@ from tensorgate.observability.live_settings import LogSettings, TraceSettings
 from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
 from tensorgate.security import ADMIN, INFER, Guard, audit
+from tensorgate.shared_memory import CUDA_UNSUPPORTED
 
 log = logging.getLogger("tensorgate.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tensorgate"
-EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics"]
+EXTENSIONS = [
+    "classification", "model_repository", "model_configuration", "schedule_policy",
+    "statistics", "system_shared_memory", "binary_tensor_data", "trace", "logging",
+]
 
 
 # gRPC's codes by number (errors.Status carries the number; the table is in errors.py).
@@ -314,6 +318,26 @@ class InferenceService:
         log.info("model %s unloaded on request", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- system shared memory (the registry is the data plane's) ----------------------
+
+    async def system_shm_status(self, request, context):
+        reply = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name):
+            status = reply.regions[region["name"]]
+            for key, value in region.items():
+                setattr(status, key, value)
+        return reply
+
+    async def system_shm_register(self, request, context):
+        self.dataplane.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def system_shm_unregister(self, request, context):
+        self.dataplane.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     # -- settings that change while serving (reading needs infer, changing admin) ----
 
     async def log_settings_rpc(self, request, context):
@@ -396,14 +420,7 @@ def _statistics(model) -> pb.ModelStatistics:
     return out
 
 
-_UNIMPLEMENTED = {
-    "SystemSharedMemoryStatus": "system shared memory",
-    "SystemSharedMemoryRegister": "system shared memory",
-    "SystemSharedMemoryUnregister": "system shared memory",
-    "CudaSharedMemoryStatus": "CUDA shared memory",
-    "CudaSharedMemoryRegister": "CUDA shared memory",
-    "CudaSharedMemoryUnregister": "CUDA shared memory",
-}
+_CUDA_SHM = ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
 
 
 def _guarded(
@@ -463,11 +480,9 @@ def admin_handler(
     return handler
 
 
-def _unimplemented(rpc: str, what: str) -> Callable[..., Awaitable]:
+def _unimplemented(rpc: str, message: str) -> Callable[..., Awaitable]:
     async def handler(request, context):
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {what} is not supported by TensorGate"
-        )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {message}")
 
     return handler
 
@@ -497,6 +512,17 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         "RepositoryIndex": typed("RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest),
         "LogSettings": typed("LogSettings", s.log_settings_rpc, pb.LogSettingsRequest),
         "TraceSetting": typed("TraceSetting", s.trace_setting_rpc, pb.TraceSettingRequest),
+        "SystemSharedMemoryStatus": typed(
+            "SystemSharedMemoryStatus", s.system_shm_status, pb.SystemSharedMemoryStatusRequest
+        ),
+        "SystemSharedMemoryRegister": typed(
+            "SystemSharedMemoryRegister", s.system_shm_register,
+            pb.SystemSharedMemoryRegisterRequest,
+        ),
+        "SystemSharedMemoryUnregister": typed(
+            "SystemSharedMemoryUnregister", s.system_shm_unregister,
+            pb.SystemSharedMemoryUnregisterRequest,
+        ),
         "RepositoryModelLoad": typed(
             "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest, ADMIN
         ),
@@ -505,6 +531,6 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             ADMIN,
         ),
     }
-    for rpc, what in _UNIMPLEMENTED.items():
-        handlers[rpc] = unary(_unimplemented(rpc, what))
+    for rpc in _CUDA_SHM:
+        handlers[rpc] = unary(_unimplemented(rpc, CUDA_UNSUPPORTED))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

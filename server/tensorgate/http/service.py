@@ -32,6 +32,7 @@ from tensorgate.http.v2 import HEADER_LENGTH, decode_infer, encode_infer
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.tracing import Tracing
 from tensorgate.security import ADMIN, INFER, audit
+from tensorgate.shared_memory import CUDA_UNSUPPORTED
 
 log = logging.getLogger("tensorgate.http")
 
@@ -54,7 +55,9 @@ _ROUTES: list[tuple[re.Pattern, str]] = [
      "repository_control"),
     (re.compile(r"/v2/trace/setting"), "trace_setting"),
     (re.compile(r"/v2/logging"), "log_settings"),
-    (re.compile(r"/v2/(?P<kind>system|cuda)sharedmemory(?:/.*)?"), "shared_memory"),
+    (re.compile(r"/v2/systemsharedmemory(?:/region/(?P<region>[^/]+))?/(?P<action>status|"
+                r"register|unregister)"), "shared_memory"),
+    (re.compile(r"/v2/cudasharedmemory(?:/.*)?"), "cuda_shared_memory"),
 ]
 # The methods each endpoint answers (others: 405), as Triton's.
 _METHODS = {
@@ -63,6 +66,7 @@ _METHODS = {
     "model_stats": ("GET",), "model_metadata": ("GET",), "repository_index": ("POST",),
     "repository_control": ("POST",), "trace_setting": ("GET", "POST"),
     "log_settings": ("GET", "POST"), "shared_memory": ("GET", "POST"),
+    "cuda_shared_memory": ("GET", "POST"),
 }
 
 
@@ -324,8 +328,32 @@ class HttpService:
         # Triton's HTTP form: trace_level a list, every other setting one string.
         return _json(200, {k: (v if k == "trace_level" else v[0]) for k, v in current.items()})
 
-    # -- not served yet -------------------------------------------------------------------
+    # -- system shared memory -----------------------------------------------------------
 
-    async def _shared_memory(self, ctx, method, body, kind) -> Response:
-        raise Unimplemented(f"{kind} shared memory is not supported by TensorGate")
+    async def _shared_memory(self, ctx, method, body, action, region="") -> Response:
+        shm = self.dataplane.shared_memory
+        if action == "status":
+            if method != "GET":
+                return _json(405, {"error": f"Method Not Allowed: {method} (status is GET)"})
+            self._check(ctx, INFER, "SystemSharedMemoryStatus")
+            return _json(200, shm.status(region))
+        if method != "POST":
+            return _json(405, {"error": f"Method Not Allowed: {method} ({action} is POST)"})
+        if action == "unregister":
+            self._check(ctx, INFER, "SystemSharedMemoryUnregister")
+            shm.unregister(region)
+            return 200, [], b""
+        self._check(ctx, INFER, "SystemSharedMemoryRegister")
+        if not region:
+            raise InvalidArgument("register: name the region in the path "
+                                  "(/v2/systemsharedmemory/region/NAME/register)")
+        doc = _body_json(body, "SystemSharedMemoryRegister")
+        key = doc.get("key")
+        if not isinstance(key, str):
+            raise InvalidArgument("SystemSharedMemoryRegister: 'key' (a string) is required")
+        shm.register(region, key, doc.get("offset", 0), doc.get("byte_size"))
+        return 200, [], b""
+
+    async def _cuda_shared_memory(self, ctx, method, body) -> Response:
+        raise Unimplemented(CUDA_UNSUPPORTED)
 

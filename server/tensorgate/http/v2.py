@@ -24,6 +24,7 @@ import orjson
 from tensorgate._ext.codec import decode_bytes_tensor, encode_bytes_tensor
 from tensorgate.dtypes import BY_WIRE
 from tensorgate.errors import InvalidArgument
+from tensorgate.shared_memory import uses_shared_memory
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -58,12 +59,13 @@ class HttpInput:
 
 
 class HttpOutput:
-    __slots__ = ("name", "parameters", "binary")
+    __slots__ = ("name", "parameters", "binary", "shared_memory")
 
-    def __init__(self, name: str, parameters: dict, binary: bool) -> None:
+    def __init__(self, name: str, parameters: dict, binary: bool, shared_memory: bool) -> None:
         self.name = name
         self.parameters = parameters
         self.binary = binary
+        self.shared_memory = shared_memory  # written into a region: no data in the answer
 
 
 def _parameters(value, where: str) -> dict:
@@ -176,6 +178,17 @@ def decode_infer(
         shape = _shape(item.get("shape"), name)
         params = _parameters(item.get("parameters"), f"input '{name}'")
         binary_size = params.pop("binary_data_size", None)
+        if uses_shared_memory(params):
+            given = [k for k, v in (("'data'", "data" in item),
+                                    ("'binary_data_size'", binary_size is not None)) if v]
+            if given:
+                raise InvalidArgument(
+                    f"input '{name}': Input must set only one of the following fields: "
+                    "'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in "
+                    f"'parameters'. But set {' '.join(given)} 'shared_memory_region'"
+                )
+            req.inputs.append(HttpInput(name, datatype, shape, params))
+            continue  # its bytes come from the region (raw_input_contents skips it)
         if binary_size is not None:
             if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
                 raise InvalidArgument(
@@ -214,12 +227,22 @@ def decode_infer(
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidArgument("each element of 'outputs' needs a 'name' (a string)")
             params = _parameters(item.get("parameters"), f"output '{item['name']}'")
-            binary = params.pop("binary_data", binary_output)
-            if not isinstance(binary, bool):
+            binary = params.pop("binary_data", None)
+            if binary is not None and not isinstance(binary, bool):
                 raise InvalidArgument(
                     f"output '{item['name']}': parameter 'binary_data' must be a boolean"
                 )
-            req.outputs.append(HttpOutput(item["name"], params, binary))
+            shm = uses_shared_memory(params)
+            if shm:
+                if binary:
+                    raise InvalidArgument(
+                        f"output '{item['name']}': Output can't set both "
+                        "'shared_memory_region' and 'binary_data'"
+                    )
+                binary = False
+            elif binary is None:
+                binary = binary_output
+            req.outputs.append(HttpOutput(item["name"], params, binary, shm))
     return req
 
 
@@ -245,12 +268,15 @@ def encode_infer(result, request: HttpInferRequest) -> tuple[bytes, int | None]:
     binary = {o.name for o in request.outputs if o.binary}
     if not request.outputs and request.binary_output:
         binary = {name for name, _, _, _ in result.tensors}
+    in_shm = {o.name for o in request.outputs if o.shared_memory}
     outputs = []
     chunks = []
     nonfinite = False
     for name, datatype, shape, data in result.tensors:
         entry = {"name": name, "datatype": datatype, "shape": list(shape)}
-        if name in binary:
+        if name in in_shm:
+            pass  # its data went into the shared-memory region the request named
+        elif name in binary:
             raw = data if isinstance(data, bytes) else data.tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

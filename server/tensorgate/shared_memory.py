@@ -1,0 +1,288 @@
+"""System shared memory: regions a client on the same host registers, and the tensors
+read from and written to them (the v2 protocol's shared-memory extension).
+
+A client creates a POSIX shared-memory object (``shm_open``: a file in /dev/shm),
+registers a region of it by name (key, offset, byte size), then names the region in an
+input's or output's parameters: ``shared_memory_region``, ``shared_memory_byte_size``
+and optionally ``shared_memory_offset`` (within the region). Inputs are read in place:
+the request's array is a view into the mapping, no copy. Outputs are written into the
+region and the response carries only their name, datatype and shape. This is what
+tritonclient's ``utils.shared_memory`` and ``perf_analyzer --shared-memory system`` do.
+
+Off unless ``--allow-client-shm`` (as in Triton, where it is off by default too): a
+region lets a caller make the server read and write a file it maps.
+
+Lifetimes: a request holds its region's mapping through the arrays it took from it, so
+unregistering a region in use takes it out of the registry at once and unmaps it when
+the last such request is done. A client that truncates the object under a registered
+region would make reading it fault (SIGBUS); every use checks the object's size first.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+
+import numpy as np
+
+from tensorgate.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+
+log = logging.getLogger("tensorgate.shared_memory")
+
+SHM_DIR = "/dev/shm"  # where glibc's shm_open keeps POSIX shared-memory objects
+MAX_REGIONS = 1024  # each mapping holds a file descriptor
+REGION = "shared_memory_region"
+BYTE_SIZE = "shared_memory_byte_size"
+OFFSET = "shared_memory_offset"
+DISABLED = (
+    "Client shared memory is disabled. Start the server with '--allow-client-shm=true' "
+    "to enable."
+)
+CUDA_UNSUPPORTED = (
+    "CUDA shared memory is not supported by this server (it serves CPU system shared "
+    "memory: SystemSharedMemoryRegister)"
+)
+
+
+def uses_shared_memory(params) -> bool:
+    """Whether a tensor's parameters name shared memory (any of the three keys, so that
+    a half-given set is refused by ``_tensor_params`` rather than ignored)."""
+    return bool(params) and (REGION in params or BYTE_SIZE in params or OFFSET in params)
+
+
+def _int_param(params, key: str, tensor: str) -> int:
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(
+            f"invalid value type for '{key}' parameter for tensor '{tensor}', expected "
+            f"int64_param."
+        )
+    if value < 0:
+        raise InvalidArgument(f"'{key}' parameter for tensor '{tensor}' is negative ({value})")
+    return value
+
+
+def _tensor_params(params, tensor: str) -> tuple[str, int, int]:
+    """(region, offset, byte size) from a tensor's parameters, in Triton's words."""
+    if REGION not in params:
+        key = OFFSET if OFFSET in params else BYTE_SIZE
+        raise InvalidArgument(
+            f"'{key}' can not be specified without 'shared_memory_region' parameter for "
+            f"tensor '{tensor}'"
+        )
+    region = params[REGION]
+    if not isinstance(region, str):
+        raise InvalidArgument(
+            f"invalid value type for 'shared_memory_region' parameter for tensor "
+            f"'{tensor}', expected string_param."
+        )
+    if BYTE_SIZE not in params:
+        raise InvalidArgument(
+            f"'shared_memory_byte_size' must be specified along with "
+            f"'shared_memory_region' parameter for tensor '{tensor}'"
+        )
+    offset = _int_param(params, OFFSET, tensor) if OFFSET in params else 0
+    return region, offset, _int_param(params, BYTE_SIZE, tensor)
+
+
+def _object_name(name: str, key: str) -> str:
+    """The file name in /dev/shm that ``shm_open(key)`` opens: leading slashes dropped,
+    then one plain name (no further slash, not . or ..), as glibc requires."""
+    stem = key.lstrip("/")
+    if not stem or "/" in stem or stem in (".", "..") or "\0" in stem or len(stem) > 255:
+        raise InvalidArgument(
+            f"cannot register shared memory region '{name}' - invalid shm key '{key}' "
+            f"(a POSIX shared-memory name: '/' and one plain file name)"
+        )
+    return stem
+
+
+class Region:
+    """One registered region: ``byte_size`` bytes from ``offset`` in the object ``key``."""
+
+    __slots__ = ("name", "key", "offset", "byte_size", "mapping", "view")
+
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, mapping) -> None:
+        self.name = name
+        self.key = key
+        self.offset = offset
+        self.byte_size = byte_size
+        self.mapping = mapping  # the object from its start to offset + byte_size
+        self.view = memoryview(mapping)
+
+    def span(self, offset: int, byte_size: int) -> memoryview:
+        """The bytes a tensor names (offset within this region), checked in Triton's
+        words against the region and against the object's size now."""
+        if offset >= self.byte_size:
+            raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
+        if offset + byte_size > self.byte_size:
+            raise InvalidArgument(
+                f"Invalid offset + byte size for shared memory region: '{self.name}' "
+                f"(offset {offset} + byte size {byte_size} > the region's {self.byte_size})"
+            )
+        end = self.offset + self.byte_size
+        size = self.mapping.size()  # fstat: reading past the object's end faults
+        if size < end:
+            raise InvalidArgument(
+                f"shared memory region '{self.name}': its object '{self.key}' now holds "
+                f"{size} bytes, fewer than the {end} registered; register it again"
+            )
+        start = self.offset + offset
+        return self.view[start:start + byte_size]
+
+    def release(self) -> None:
+        """Unmap now if no request holds the mapping; else when the last one is done."""
+        self.view.release()
+        try:
+            self.mapping.close()
+        except BufferError:
+            pass  # arrays of requests in flight still use it; freed with the last one
+
+    def status(self) -> dict:
+        return {"name": self.name, "key": self.key, "offset": self.offset,
+                "byte_size": self.byte_size}
+
+
+class SystemSharedMemory:
+    """The registry of system shared-memory regions, shared by every front end."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.regions: dict[str, Region] = {}
+
+    # -- the extension's three calls -----------------------------------------------
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
+        if not self.allowed:
+            raise Unimplemented(DISABLED)
+        if not name:
+            raise InvalidArgument("a shared memory region needs a name")
+        if name in self.regions:
+            raise AlreadyExists(f"shared memory region '{name}' already in manager")
+        if len(self.regions) >= MAX_REGIONS:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': {MAX_REGIONS} regions "
+                "are registered, the most this server holds; unregister some first"
+            )
+        for what, value in (("offset", offset), ("byte_size", byte_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{name}': {what} must be a "
+                    f"non-negative integer, got {value!r}"
+                )
+        if byte_size == 0:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': byte_size is 0"
+            )
+        path = os.path.join(SHM_DIR, _object_name(name, key))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': Unable to open shared "
+                f"memory region: '{key}' ({exc.strerror})"
+            ) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{name}': '{key}' is not a "
+                    "shared-memory object"
+                )
+            if offset + byte_size > info.st_size:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{name}': invalid args "
+                    f"(offset {offset} + byte_size {byte_size} > the object's "
+                    f"{info.st_size} bytes)"
+                )
+            try:
+                mapping = mmap.mmap(fd, offset + byte_size, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{name}': unable to map it "
+                    f"({exc.strerror})"
+                ) from None
+        finally:
+            os.close(fd)  # the mapping keeps its own descriptor
+        region = Region(name, key, offset, byte_size, mapping)
+        self.regions[name] = region
+        log.info("shared memory region %s registered: key %s, offset %d, %d bytes",
+                 name, key, offset, byte_size)
+        return region
+
+    def unregister(self, name: str = "") -> None:
+        """Unregister one region, or every region when ``name`` is empty; an unknown
+        name is not an error (as Triton)."""
+        if not self.allowed:
+            raise Unimplemented(DISABLED)
+        names = [name] if name else list(self.regions)
+        for each in names:
+            region = self.regions.pop(each, None)
+            if region is not None:
+                region.release()
+                log.info("shared memory region %s unregistered", each)
+
+    def status(self, name: str = "") -> list[dict]:
+        if not name:
+            return [r.status() for r in self.regions.values()]
+        region = self.regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find system shared memory region: '{name}'")
+        return [region.status()]
+
+    def close(self) -> None:
+        for region in self.regions.values():
+            region.release()
+        self.regions.clear()
+
+    # -- tensors -------------------------------------------------------------------------
+
+    def _region(self, name: str) -> Region:
+        region = self.regions.get(name)
+        if region is None:
+            if not self.allowed:
+                raise InvalidArgument(f"{DISABLED} (a tensor names region '{name}')")
+            raise InvalidArgument(f"Unable to find shared memory region: '{name}'")
+        return region
+
+    def input_bytes(self, tensor: str, params) -> memoryview:
+        """The bytes of an input that names a region: a view, no copy."""
+        name, offset, byte_size = _tensor_params(params, tensor)
+        return self._region(name).span(offset, byte_size)
+
+    def output_span(self, tensor: str, params) -> memoryview:
+        """Where an output that names a region goes (checked before the model runs)."""
+        name, offset, byte_size = _tensor_params(params, tensor)
+        return self._region(name).span(offset, byte_size)
+
+
+def write_output(entry: tuple, span: memoryview) -> tuple:
+    """Write one response entry's data (an ndarray, or BYTES' encoding) into ``span``;
+    the entry the response carries instead: no data, as Triton answers."""
+    name, datatype, shape, data = entry
+    raw = memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
+    if raw.nbytes > span.nbytes:
+        raise InvalidArgument(
+            f"shared memory size specified with the request for output '{name}' "
+            f"({span.nbytes} bytes) should be at least {raw.nbytes} bytes to hold the results"
+        )
+    span[:raw.nbytes] = raw
+    return (name, datatype, shape, b"")
+
+
+def detached(arrays: dict) -> dict:
+    """``arrays`` with copies of those that are views into a shared-memory mapping, for
+    work that outlives the request (a shadow run): the client may reuse a region as soon
+    as it has its answer."""
+    out = {}
+    for key, arr in arrays.items():
+        base = arr
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        out[key] = arr.copy() if isinstance(base, mmap.mmap) else arr
+    return out

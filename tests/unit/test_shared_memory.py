@@ -1,0 +1,77 @@
+"""The shared-memory registry on its own: a region's lifetime against the arrays taken
+from it, and copies for work that outlives a request."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.shared_memory import SystemSharedMemory, detached, write_output
+
+
+@pytest.fixture
+def shm_object():
+    key = f"/tg_unit_{uuid.uuid4().hex[:8]}"
+    path = "/dev/shm" + key
+    with open(path, "wb") as f:
+        f.write(np.arange(16, dtype=np.float32).tobytes())
+    yield key, path
+    os.unlink(path)
+
+
+def _params(region, byte_size, offset=0):
+    return {"shared_memory_region": region, "shared_memory_byte_size": byte_size,
+            "shared_memory_offset": offset}
+
+
+def test_an_array_outlives_the_unregistered_region(shm_object):
+    key, _ = shm_object
+    registry = SystemSharedMemory(allowed=True)
+    registry.register("r", key, 0, 64)
+    arr = np.frombuffer(registry.input_bytes("INPUT0", _params("r", 32, 16)), np.float32)
+    registry.unregister("r")  # a request still holds arr: unmapped when it lets go
+    np.testing.assert_array_equal(arr, np.arange(4, 12, dtype=np.float32))
+    assert registry.status() == []
+    with pytest.raises(InvalidArgument, match="Unable to find shared memory region: 'r'"):
+        registry.input_bytes("INPUT0", _params("r", 32))
+
+
+def test_detached_copies_only_shared_memory_views(shm_object):
+    key, path = shm_object
+    registry = SystemSharedMemory(allowed=True)
+    registry.register("r", key, 0, 64)
+    in_shm = np.frombuffer(registry.input_bytes("A", _params("r", 64)), np.float32).reshape(4, 4)
+    in_bytes = np.frombuffer(b"\0" * 16, np.float32)
+    out = detached({"A": in_shm, "B": in_bytes})
+    assert out["B"] is in_bytes
+    assert out["A"] is not in_shm and not np.shares_memory(out["A"], in_shm)
+    with open(path, "r+b") as f:  # the client reuses its region
+        f.write(b"\xff" * 64)
+    np.testing.assert_array_equal(out["A"].reshape(-1), np.arange(16, dtype=np.float32))
+    registry.close()
+
+
+def test_outputs_are_written_in_place(shm_object):
+    key, path = shm_object
+    registry = SystemSharedMemory(allowed=True)
+    registry.register("r", key, 16, 48)
+    span = registry.output_span("OUT", _params("r", 16, 32))
+    entry = write_output(("OUT", "INT32", (1, 4), np.array([[1, 2, 3, 4]], np.int32)), span)
+    assert entry == ("OUT", "INT32", (1, 4), b"")
+    registry.close()
+    with open(path, "rb") as f:
+        data = f.read()
+    assert np.frombuffer(data[48:64], np.int32).tolist() == [1, 2, 3, 4]
+
+
+def test_disabled_registry_refuses_changes_but_reports_status():
+    registry = SystemSharedMemory(allowed=False)
+    assert registry.status() == []
+    with pytest.raises(Unimplemented, match="--allow-client-shm=true"):
+        registry.register("r", "/x", 0, 8)
+    with pytest.raises(Unimplemented):
+        registry.unregister()
