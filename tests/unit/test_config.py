@@ -106,6 +106,18 @@ def test_reshape_is_checked_against_the_graph():
         ("max_batch_size: 0 dynamic_batching { }", "requires max_batch_size > 0"),
         ("max_batch_size: 8 dynamic_batching { priority_levels: 2 default_priority_level: 3 }",
          "default_priority_level 3"),
+        ('backend: "python"', "backend 'python'"),
+        ('platform: "ensemble" ensemble_scheduling { }', "platform 'ensemble'"),
+        ("max_batch_size: 8 sequence_batching { }", "sequence_batching: not supported"),
+        ("response_cache { enable: true }", r"response_cache \{ enable: true \}"),
+        ('optimization { execution_accelerators { gpu_execution_accelerator [ '
+         '{ name: "tensorrt" } ] } }', "gpu_execution_accelerator 'tensorrt'"),
+        ('optimization { execution_accelerators { cpu_execution_accelerator [ '
+         '{ name: "openvino" } ] } }', "cpu_execution_accelerator 'openvino'"),
+        ("model_transaction_policy { decoupled: true }", "decoupled"),
+        ('max_batch_size: 8 batch_input { kind: BATCH_ELEMENT_COUNT target_name: "X" '
+         'data_type: TYPE_FP32 source_input: "INPUT0" }', "batch_input"),
+        ('model_repository_agents { agents { name: "checksum" } }', "model_repository_agents"),
     ],
 )
 def test_invalid_configs_name_the_field(text, message):

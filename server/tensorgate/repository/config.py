@@ -159,6 +159,7 @@ def complete_config(
             f"config.pbtxt backend '{config.backend}': TensorGate serves only '{BACKEND}'"
         )
     config.platform, config.backend = PLATFORM, BACKEND
+    _check_unsupported(config)
     if config.max_batch_size < 0:
         raise ModelLoadError(f"config.pbtxt max_batch_size {config.max_batch_size} is negative")
     if not parsed.max_batch_size_given and _supports_batching(inputs, outputs):
@@ -186,6 +187,39 @@ def complete_config(
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_FILENAME
     return config
+
+
+def _check_unsupported(config: mc.ModelConfig) -> None:
+    """Config features TensorGate does not implement refuse the model, naming the field:
+    a model that seems to load but ignores part of its config is worse than one that
+    does not load."""
+    if config.response_cache.enable:
+        raise ModelLoadError(
+            "config.pbtxt response_cache { enable: true }: TensorGate has no response cache "
+            "yet; remove the field to serve the model without one"
+        )
+    accelerators = config.optimization.execution_accelerators
+    for kind, entries in (("gpu", accelerators.gpu_execution_accelerator),
+                          ("cpu", accelerators.cpu_execution_accelerator)):
+        for entry in entries:
+            raise ModelLoadError(
+                f"config.pbtxt optimization.execution_accelerators.{kind}_execution_accelerator "
+                f"'{entry.name}': not supported by TensorGate (ONNX Runtime runs the model on "
+                "its CPU or CUDA execution provider); remove it"
+            )
+    if config.model_transaction_policy.decoupled:
+        raise ModelLoadError(
+            "config.pbtxt model_transaction_policy { decoupled: true }: TensorGate answers "
+            "every request with exactly one response; decoupled models are not supported"
+        )
+    if config.batch_input or config.batch_output:
+        field = "batch_input" if config.batch_input else "batch_output"
+        raise ModelLoadError(f"config.pbtxt {field}: not supported by TensorGate")
+    if config.model_repository_agents.agents:
+        raise ModelLoadError(
+            "config.pbtxt model_repository_agents: repository agents are not supported by "
+            "TensorGate"
+        )
 
 
 def _check_batching(config: mc.ModelConfig) -> None:
