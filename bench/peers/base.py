@@ -65,6 +65,10 @@ class PeerServer:
     grpc_headers: dict[str, str] = {}
     #: False where the server lacks an RPC perf_analyzer needs (MLServer: ModelConfig).
     supports_perf_analyzer: bool = True
+    #: HTTP headers for the control calls (stats); not sent with infer requests.
+    http_headers: dict[str, str] = {}
+    #: Why the server has no HTTP/REST front end (None: it has one).
+    no_http: str | None = None
     ready_timeout_s: float = 90.0
     stop_timeout_s: float = 10.0
 
@@ -74,8 +78,11 @@ class PeerServer:
         self._log_path: Path | None = None
         self._log_file = None
         self.address: str | None = None
+        #: HOST:PORT of its v2 HTTP/REST front end once started (None: it has none).
+        self.http_address: str | None = None
         self.model: str | None = None
         self.grpc_headers = dict(type(self).grpc_headers)  # a copy per instance
+        self.http_headers = dict(type(self).http_headers)
 
     # -- the interface -------------------------------------------------------------
 
@@ -84,7 +91,8 @@ class PeerServer:
         return None
 
     def start(self, repo: Path, model: str) -> str:
-        """Start serving ``model`` from the Triton-layout ``repo``; return HOST:PORT.
+        """Start serving ``model`` from the Triton-layout ``repo``; return the gRPC
+        HOST:PORT (the HTTP/REST one is then in ``http_address``).
 
         Returns only once ModelReady is true for the model. Raises PeerStartError with
         the captured log if the server exits, or is not ready within ready_timeout_s.
@@ -140,7 +148,7 @@ class PeerServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-        self.address = None
+        self.address = self.http_address = None
 
     def pid(self) -> int:
         """PID of the server's main process."""
@@ -183,7 +191,8 @@ class PeerServer:
     # -- for subclasses --------------------------------------------------------------
 
     def _launch(self, repo: Path, model: str, deadline: float) -> str:
-        """Spawn the server (with _spawn) and return its address."""
+        """Spawn the server (with _spawn) and return its gRPC address; set
+        ``self.http_address`` where it serves HTTP/REST."""
         raise NotImplementedError
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None,
@@ -256,7 +265,7 @@ class PeerServer:
                 time.sleep(0.1)
 
 
-#: The peers' own virtualenvs, made by setup_mlserver.sh and setup_pytriton.sh.
+#: The peers' own virtualenvs, made by setup_mlserver.sh, setup_pytriton.sh, setup_kserve.sh.
 VENVS = Path(__file__).resolve().parent.parent / ".venvs"
 
 

@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parent / "echo_server.py"
 
 class EchoServer(PeerServer):
     name = "echo"
+    no_http = "the echo server speaks gRPC only (it is the grpc.aio transport ceiling)"
 
     def __init__(self, reply: str = "output") -> None:
         super().__init__()

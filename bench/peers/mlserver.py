@@ -33,13 +33,13 @@ class MLServerPeer(PeerServer):
 
     def _launch(self, repo: Path, model: str, deadline: float) -> str:
         spec = read_model_spec(repo, model)
-        grpc_port = free_port()
+        grpc_port, http_port = free_port(), free_port()
         # The workdir is MLServer's cwd and repository: it leaves .envs/ and .metrics/
         # there, and stop() deletes it.
         (self._workdir / "settings.json").write_text(json.dumps({
             "host": LOOPBACK,
             "grpc_port": grpc_port,
-            "http_port": free_port(),  # REST can't be turned off; keep it on loopback
+            "http_port": http_port,  # v2 REST (FastAPI on uvicorn), on loopback
             "metrics_endpoint": None,  # no metrics server
             "parallel_workers": 0,
             "debug": False,
@@ -61,4 +61,5 @@ class MLServerPeer(PeerServer):
             },
         }, indent=2))
         self._spawn([str(VENV / "bin" / "mlserver"), "start", str(self._workdir)])
+        self.http_address = f"{LOOPBACK}:{http_port}"
         return f"{LOOPBACK}:{grpc_port}"

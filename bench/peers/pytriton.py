@@ -22,6 +22,7 @@ SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
 # default. A fixed one lets any client send it; loopback only, so nothing to guard.
 ACCESS_TOKEN = "tensorgate-bench"
 TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+HTTP_TOKEN_HEADER = "triton-access-token"  # the same token over HTTP (stats, ...)
 
 
 def _dims(shape: list[int]) -> str:
@@ -31,6 +32,7 @@ def _dims(shape: list[int]) -> str:
 class PyTritonPeer(PeerServer):
     name = "pytriton"
     grpc_headers = {TOKEN_HEADER: ACCESS_TOKEN}
+    http_headers = {HTTP_TOKEN_HEADER: ACCESS_TOKEN}
     ready_timeout_s = 120.0  # tritonserver start plus the Python backend stub: ~10 s+
     stop_timeout_s = 40.0  # a clean stop unloads the model (~4 s; Triton waits up to 30)
 
@@ -52,7 +54,7 @@ class PyTritonPeer(PeerServer):
 
     def _launch(self, repo: Path, model: str, deadline: float) -> str:
         spec = read_model_spec(repo, model)
-        grpc_port = free_port()
+        grpc_port, http_port = free_port(), free_port()
         argv = [
             str(VENV / "bin" / "python"), self._script(SCRIPT),
             "--model", model,
@@ -61,7 +63,7 @@ class PyTritonPeer(PeerServer):
             "--max-queue-delay-us", str(spec.max_queue_delay_us),
             "--intra-op-threads", str(spec.intra_op_threads),
             "--grpc-port", str(grpc_port),
-            "--http-port", str(free_port()),
+            "--http-port", str(http_port),
             "--access-token", ACCESS_TOKEN,
             "--workspace", str(self._workdir / "workspace"),
         ]
@@ -72,4 +74,5 @@ class PyTritonPeer(PeerServer):
         ld_path = ":".join(p for p in (self._libdir(), os.environ.get("LD_LIBRARY_PATH")) if p)
         self._spawn(argv, env={"LD_LIBRARY_PATH": ld_path})
         self._wait_for_line(r"ready grpc=", deadline)
+        self.http_address = f"{LOOPBACK}:{http_port}"  # Triton's C++ HTTP server
         return f"{LOOPBACK}:{grpc_port}"
