@@ -5,13 +5,15 @@
 For each peer: available(); if so, start it on a fresh bench repository, send one
 ModelInfer with tritonclient, compare the output with in-process onnxruntime (the echo
 server must answer zeros of the output's shape), ask for ModelConfig (perf_analyzer
-needs it), stop it. Prints a table; exits 1 if any peer failed (or was unavailable,
-unless --allow-unavailable).
+needs it); where the peer serves HTTP/REST, POST the same tensor as v2 JSON (the body
+the HTTP bench sends) and compare that answer too; stop it. Prints a table; exits 1 if
+any peer failed (or was unavailable, unless --allow-unavailable).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,13 +50,31 @@ def _infer(server: PeerServer, address: str, model: str, data: np.ndarray) -> tu
         client.close()
 
 
+def _infer_http(server: PeerServer, model: str, data: np.ndarray) -> np.ndarray:
+    """One v2 JSON infer on the peer's HTTP/REST address; the output as an array."""
+    from bench.harness.http_control import HttpControl, infer_answer_problem
+    from bench.harness.payload import InputSpec, json_body
+
+    spec = MODELS[model]
+    body = json_body([InputSpec(spec.input_name, spec.datatype, data.shape, True)],
+                     {spec.input_name: data})
+    with HttpControl(server.http_address, server.http_headers) as control:
+        status, raw = control.request(f"/v2/models/{model}/infer", body, timeout_s=RPC_TIMEOUT_S)
+    text = raw.decode(errors="replace")
+    problem = infer_answer_problem(status, text, (spec.output_name,))
+    if problem is not None:
+        raise RuntimeError(problem)
+    (out,) = [o for o in json.loads(text)["outputs"] if o["name"] == spec.output_name]
+    return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+
 def _expected(repo: Path, model: str, data: np.ndarray) -> np.ndarray:
     return make_session(model_path(repo, model)).run(None, {MODELS[model].input_name: data})[0]
 
 
 def check_peer(name: str, repo: Path, model: str) -> dict[str, str]:
     row = {"peer": name, "available": "", "start_s": "", "address": "", "output": "",
-           "ModelConfig": "", "result": ""}
+           "ModelConfig": "", "http": "", "result": ""}
     server = PEERS[name]()
     reason = server.available()
     if reason is not None:
@@ -69,6 +89,12 @@ def check_peer(name: str, repo: Path, model: str) -> dict[str, str]:
             address = server.start(repo, model)
             row.update(start_s=f"{time.monotonic() - started:.1f}", address=address)
             output, row["ModelConfig"] = _infer(server, address, model, data)
+            http_output = None
+            if server.http_address:
+                row["address"] += f" http={server.http_address}"
+                http_output = _infer_http(server, model, data)
+            else:
+                row["http"] = "none"
     except Exception as exc:  # report every failure in the table, then go on
         row["result"] = f"FAIL: {str(exc)[:2000]}"
         return row
@@ -76,13 +102,23 @@ def check_peer(name: str, repo: Path, model: str) -> dict[str, str]:
     want_shape = (1, *spec.output_shape)
     if output.shape != want_shape:
         row["result"] = f"FAIL: shape {output.shape}, want {want_shape}"
-    elif name == "echo":
+        return row
+    if name == "echo":
         # The echo answers zeros of the model's output shape (echo_server.py).
         row["result"] = "ok (zeros)" if not output.any() else "FAIL: echo output not zeros"
-    else:
-        err = float(np.max(np.abs(output - _expected(repo, model, data))))
-        ok = err <= 1e-5
-        row["result"] = f"{'ok' if ok else 'FAIL'} (max abs err {err:.1e} vs onnxruntime)"
+        return row
+    expected = _expected(repo, model, data)
+    err = float(np.max(np.abs(output - expected)))
+    ok = err <= 1e-5
+    if http_output is not None:
+        # JSON carries each float as its shortest decimal: exact for float32.
+        http_err = (float(np.max(np.abs(http_output - expected)))
+                    if http_output.shape == want_shape else float("inf"))
+        row["http"] = f"{'ok' if http_err <= 1e-5 else 'FAIL'} (err {http_err:.1e})"
+        if http_err > 1e-5:
+            row["result"] = f"FAIL: HTTP answer {http_output.ravel()[:4]}... vs onnxruntime"
+            return row
+    row["result"] = f"{'ok' if ok else 'FAIL'} (max abs err {err:.1e} vs onnxruntime)"
     return row
 
 
@@ -110,7 +146,7 @@ def main(argv: list[str]) -> int:
         rows = [check_peer(name, repo, args.model) for name in (args.peer or PEERS)]
         rate = measure_inprocess(model_path(repo, args.model), (1,), seconds=0.5)[1]
     rows.append({"peer": "inprocess", "available": "yes", "start_s": "", "address": "",
-                 "output": "", "ModelConfig": "",
+                 "output": "", "ModelConfig": "", "http": "",
                  "result": f"ok ({rate['us_per_call']:.1f} us/call at batch 1)"})
     print(_table(rows))
     for row in rows:  # full failure messages (with server logs) after the table
