@@ -5,6 +5,8 @@
     python -m bench agree --url HOST:PORT --model simple_mlp --concurrency 1,16
     python -m bench compare --scenario tiny_mlp --scenario convnet \\
         --servers tensorgate,echo,inprocess,mlserver,pytriton
+    python -m bench compare --protocol http --scenario tiny_mlp \\
+        --servers tensorgate,pytriton,kserve,mlserver --concurrency 1,16,64
 
 Flags override the scenario file's fields. Every run is bounded: each step lasts at
 most warm-up + duration (+ a drain of in-flight requests), and only the URL given is
@@ -86,8 +88,9 @@ def cmd_run(args) -> int:
     scenario = _scenario_from(args)
     url = args.url if args.allow_remote else _check_url(args.url)
     pids = (lambda: [args.server_pid]) if args.server_pid else None
-    run = run_scenario(url, scenario, server=args.server_name, driver=args.driver,
-                       progress=not args.quiet, server_pids=pids)
+    driver = args.driver or ("wrk" if args.protocol == "http" else "harness")
+    run = run_scenario(url, scenario, server=args.server_name, driver=driver,
+                       progress=not args.quiet, server_pids=pids, protocol=args.protocol)
     doc = results.document([run])
     print(results.markdown_steps(doc["runs"]))
     if args.output:
@@ -126,7 +129,7 @@ def cmd_compare(args) -> int:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     doc, paths = compare(scenarios, servers, Path(args.output) if args.output else None,
                          progress=not args.quiet, ceiling_seconds=args.ceiling_seconds,
-                         driver=args.driver)
+                         driver=args.driver, protocol=args.protocol)
     print(doc["comparison_markdown"])
     print("\nwrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
@@ -136,8 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def protocol(p):
+        p.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                       help="grpc (default), or http: v2 HTTP/REST with JSON bodies, driven "
+                            "by wrk (apt-get install wrk), closed loop only")
+
     def target(p):
-        p.add_argument("--url", required=True, help="HOST:PORT of a KServe v2 gRPC endpoint")
+        p.add_argument("--url", required=True,
+                       help="HOST:PORT of a KServe v2 endpoint (gRPC; HTTP with --protocol http)")
         p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
         p.add_argument("--server-name", default="server", help="label in the tables")
         p.add_argument("--server-pid", type=int, help="local server PID, for its CPU per step")
@@ -147,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="load one endpoint with a scenario")
     target(run)
-    run.add_argument("--driver", choices=("harness", "perf_analyzer"), default="harness")
+    protocol(run)
+    run.add_argument("--driver", choices=("harness", "perf_analyzer", "wrk"),
+                     help="gRPC: harness (default) or perf_analyzer; HTTP: wrk")
     run.add_argument("--json", action="store_true", help="also print the JSON document")
     run.set_defaults(func=cmd_run)
 
@@ -165,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", help="directory (default bench/results/<date>-<scenario>/)")
     comp.add_argument("--ceiling-seconds", type=float, default=3.0,
                       help="in-process ONNX Runtime measuring time per batch size")
-    comp.add_argument("--driver", choices=("auto", "harness", "perf_analyzer"), default="auto",
-                      help="auto: perf_analyzer for peers that answer ModelConfig (when "
-                           "installed), our generator for the others; the table names it")
+    comp.add_argument("--driver", choices=("auto", "harness", "perf_analyzer", "wrk"),
+                      default="auto",
+                      help="auto: over gRPC perf_analyzer for peers that answer ModelConfig "
+                           "(when installed), our generator for the others; over HTTP wrk. "
+                           "The table names it")
+    protocol(comp)
     comp.add_argument("--quiet", action="store_true")
     _scenario_flags(comp, with_file=False)
     comp.set_defaults(func=cmd_compare)
@@ -178,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness.control import ServerError
     from bench.harness.perf_analyzer import PerfAnalyzerError
     from bench.harness.workers import WorkerError
+    from bench.harness.wrk import WrkError
 
     args = build_parser().parse_args(argv)
     try:
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:  # the request is wrong
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    except (ServerError, WorkerError, PerfAnalyzerError) as exc:  # the run failed
+    except (ServerError, WorkerError, PerfAnalyzerError, WrkError) as exc:  # the run failed
         print(f"bench: {exc}", file=sys.stderr)
         return 1
 

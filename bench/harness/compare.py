@@ -29,9 +29,10 @@ CEILING_BATCHES = (1, 64)
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 
-def default_out_dir(scenarios: list[Scenario]) -> Path:
+def default_out_dir(scenarios: list[Scenario], protocol: str = "grpc") -> Path:
     names = "+".join(s.name for s in scenarios)
-    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{names}"
+    suffix = "" if protocol == "grpc" else f"-{protocol}"
+    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{names}{suffix}"
 
 
 def _peer_classes() -> tuple[dict, str | None]:
@@ -51,12 +52,15 @@ def _ceiling(model_file: Path, seconds: float) -> dict:
             for b, v in measured.items()}
 
 
-def _driver_for(peer, driver: str) -> str:
-    """``auto``: Triton's perf_analyzer (C++, a few µs of client CPU per request) where
-    the peer answers ModelConfig and the binary is installed, else our generator. On a
-    2-core machine the Python generator's own CPU would otherwise set the pace."""
+def _driver_for(peer, driver: str, protocol: str = "grpc") -> str:
+    """``auto``: over HTTP, wrk. Over gRPC, Triton's perf_analyzer (C++, a few µs of
+    client CPU per request) where the peer answers ModelConfig and the binary is
+    installed, else our generator. On a 2-core machine the Python generator's own CPU
+    would otherwise set the pace."""
     if driver != "auto":
         return driver
+    if protocol == "http":
+        return "wrk"
     from bench.harness import perf_analyzer
 
     if getattr(peer, "supports_perf_analyzer", True) and perf_analyzer.find() is not None:
@@ -65,9 +69,11 @@ def _driver_for(peer, driver: str) -> str:
 
 
 def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
-              driver: str = "harness") -> dict:
+              driver: str = "harness", protocol: str = "grpc") -> dict:
     peer = cls()
     reason = peer.available()
+    if reason is None and protocol == "http" and peer.no_http:
+        reason = f"no HTTP/REST: {peer.no_http}"
     if reason is not None:
         return results.not_run(peer.name, f"not available: {reason}", scenario.model)
     try:
@@ -76,6 +82,18 @@ def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
         return results.not_run(peer.name, f"failed to start: {str(exc)[:2000]}", scenario.model)
     try:
         pids = getattr(peer, "group_pids", None) or (lambda: [peer.pid()])
+        if protocol == "http":
+            if not peer.http_address:
+                return results.not_run(peer.name, "failed: started, but with no HTTP address",
+                                       scenario.model)
+            from bench.peers.base import read_model_spec
+
+            outputs = tuple(name for name, _, _ in read_model_spec(repo, scenario.model).outputs)
+            return run_scenario(peer.http_address, scenario, server=peer.name,
+                                control_headers=dict(peer.http_headers), progress=progress,
+                                inputs=inputs, server_pids=pids, protocol="http",
+                                driver=_driver_for(peer, driver, protocol),
+                                expect_outputs=outputs)
         return run_scenario(url, scenario, server=peer.name, headers=dict(peer.grpc_headers),
                             progress=progress, inputs=inputs, server_pids=pids,
                             driver=_driver_for(peer, driver))
@@ -88,8 +106,11 @@ def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
 
 def compare(scenarios: list[Scenario], servers: list[str], out_dir: Path | None = None, *,
             progress: bool = True, ceiling_seconds: float = 3.0,
-            driver: str = "harness") -> tuple[dict, dict]:
-    """Run, write results.{json,md} and latency.png; (document, paths written)."""
+            driver: str = "harness", protocol: str = "grpc") -> tuple[dict, dict]:
+    """Run, write results.{json,md} and latency.png; (document, paths written).
+
+    ``protocol`` "http": every server is loaded on its v2 HTTP/REST front end with wrk
+    (servers without one stay in the table with the reason)."""
     from bench.models import build_bench_repository, model_path
 
     peers, import_error = _peer_classes()
@@ -111,7 +132,8 @@ def compare(scenarios: list[Scenario], servers: list[str], out_dir: Path | None 
                     why = import_error or f"no such peer (known: {sorted(peers)} and {INPROCESS})"
                     runs.append(results.not_run(name, f"not available: {why}", scenario.model))
                     continue
-                run = _run_peer(peers[name], repo, scenario, inputs, progress, driver)
+                run = _run_peer(peers[name], repo, scenario, inputs, progress, driver,
+                                protocol)
                 runs.append(run)
                 if inputs is None and run.get("steps"):
                     from bench.harness.payload import InputSpec
@@ -119,10 +141,10 @@ def compare(scenarios: list[Scenario], servers: list[str], out_dir: Path | None 
                     inputs = [InputSpec(i["name"], i["datatype"], tuple(i["shape"]), i["batched"])
                               for i in run["inputs"]]
     rows = comparison_rows(runs, ceiling)
-    doc = results.document(runs, ceiling=ceiling, comparison=rows,
+    doc = results.document(runs, protocol=protocol, ceiling=ceiling, comparison=rows,
                            comparison_markdown=comparison_markdown(rows))
-    out_dir = Path(out_dir) if out_dir else default_out_dir(scenarios)
-    title = "Comparison: " + ", ".join(s.name for s in scenarios)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(scenarios, protocol)
+    title = f"Comparison ({protocol}): " + ", ".join(s.name for s in scenarios)
     return doc, results.write(doc, out_dir, title)
 
 
@@ -140,13 +162,18 @@ def comparison_rows(runs: list[dict], ceiling: dict[str, dict]) -> list[dict]:
     for model in models:
         model_runs = [r for r in runs if r["model"] == model]
         ref = next((r for r in model_runs if r["server"] == REFERENCE and r.get("steps")), None)
-        ref_steps = {s["step"]: s for s in ref["steps"]} if ref else {}
+        ref_steps = ({s["step"]: s for s in ref["steps"] if not s.get("failed")}
+                     if ref else {})
         for run in model_runs:
             if not run.get("steps"):
                 rows.append({"model": model, "server": run["server"], "step": None,
                              "status": run["status"]})
                 continue
             for step in run["steps"]:
+                if step.get("failed"):
+                    rows.append({"model": model, "server": run["server"], "step": step["step"],
+                                 "status": f"failed: {step['failed']}"})
+                    continue
                 base = ref_steps.get(step["step"])
                 lat = step["latency_us"]
                 base_lat = base["latency_us"] if base else {}
@@ -187,8 +214,8 @@ def comparison_markdown(rows: list[dict]) -> str:
     cells = []
     for row in rows:
         if row["status"] != "ok":
-            cells.append([row["model"], row["server"], "-", row["status"].splitlines()[0][:300]]
-                         + ["-"] * 8)
+            cells.append([row["model"], row["server"], row.get("step") or "-",
+                          row["status"].splitlines()[0][:300]] + ["-"] * 8)
             continue
         cpu = row.get("server_cpu") or {}
         server = f"{row['server']} ({row['driver']})" if row.get("driver") else row["server"]

@@ -2,6 +2,7 @@
 
 Every distinct request is a ModelInferRequest serialized here, so the load generator
 does no protobuf work per request (a raw-bytes unary call sends them as they are).
+Over HTTP, one v2 JSON body is built here instead, and wrk sends it (wrk.py).
 Input shapes and datatypes come from the scenario, else from ModelMetadata (and
 ModelConfig's max_batch_size decides whether the first dimension is the batch).
 """
@@ -193,6 +194,40 @@ def encode_request(model: str, version: str, specs: list[InputSpec],
     for name in outputs:
         request.outputs.add(name=name)
     return request.SerializeToString()
+
+
+def _json_values(array: np.ndarray, datatype: str) -> list:
+    """A tensor's elements, flat, as the v2 JSON ``data`` field has them."""
+    flat = array.ravel()
+    if datatype == "BYTES":
+        return [v.decode() for v in flat]  # UTF-8 strings; v2 JSON has no raw bytes
+    if datatype in ("FP16", "FP32"):
+        # The shortest decimal that reads back as the same float32/float16: str() of the
+        # numpy scalar, as a Python float so json writes it as a number.
+        return [float(str(v)) for v in flat]
+    return flat.tolist()  # bool, ints, FP64: exact as Python values
+
+
+def json_body(specs: list[InputSpec], arrays: dict[str, np.ndarray],
+              outputs: tuple[str, ...] = ()) -> bytes:
+    """One v2 HTTP/REST infer request as JSON (the KServe v2 JSON form, flat ``data``):
+    ``{"inputs": [{"name", "shape", "datatype", "data"}], "outputs": [{"name"}]}``.
+    Every HTTP server takes this form; Triton's binary extension is not used, so each
+    server parses the same bytes."""
+    request: dict = {"inputs": [
+        {"name": s.name, "shape": list(s.shape), "datatype": s.datatype,
+         "data": _json_values(arrays[s.name], s.datatype)}
+        for s in specs]}
+    if outputs:
+        request["outputs"] = [{"name": name} for name in outputs]
+    return json.dumps(request, separators=(",", ":"), allow_nan=False).encode()
+
+
+def build_json_body(scenario: Scenario, specs: list[InputSpec]) -> bytes:
+    """The scenario's first distinct request (the first of gRPC's payloads too) as a v2
+    JSON body: wrk sends this one body on every request."""
+    arrays = make_arrays(specs, scenario.data, 1, scenario.seed)[0]
+    return json_body(specs, arrays, scenario.outputs)
 
 
 def build_payloads(scenario: Scenario, specs: list[InputSpec]) -> list[bytes]:

@@ -4,8 +4,8 @@ The JSON is the record (every number the run produced); the Markdown is what a r
 looks at. Document shape (``SCHEMA``):
 
     {"schema", "created", "command", "machine": {...},
-     "runs": [{"server", "url", "driver", "status", "model", "inputs", "scenario",
-               "steps": [step row, see runner.merge_step]}],
+     "runs": [{"server", "url", "protocol", "driver", "status", "model", "inputs",
+               "scenario", "steps": [step row, see runner.merge_step]}],
      "ceiling": {...} (compare only), "comparison": [...] (compare only)}
 
 A run whose server could not be started has ``status`` "not available: <reason>" or
@@ -195,6 +195,14 @@ def markdown_steps(runs: list[dict]) -> str:
     return table(STEP_COLUMNS, rows)
 
 
+def failures_markdown(runs: list[dict]) -> str:
+    """Steps that were not measured (a failed pre-step check), each with its reason."""
+    lines = [f"- {run['server']} {run.get('model', '')} {row['step']}: "
+             + row["failed"].replace("\n", " ")[:1000]
+             for run in runs for row in run.get("steps", []) if row.get("failed")]
+    return "\n".join(lines)
+
+
 def machine_markdown(info: dict) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items())
     return (f"Machine: {info['cpu']}, {info['usable_cores']} usable cores of {info['cores']}, "
@@ -204,13 +212,15 @@ def machine_markdown(info: dict) -> str:
 
 LEGEND = """Columns: req/s and infer/s count successful requests (infer/s = req/s x batch size)
 over the measured window; p50..max are client-side latencies (send to answer) of the
-successful requests; errors are by gRPC status; srv queue / srv compute are the server's
-own per-request averages from ModelStatistics over the step (warm-up included); srv batch
-is the server's mean executed batch; srv CPU is the cores the server's processes used
-over the step and their CPU per request (only when the server runs here and its PID is
-known: compare, or run --server-pid); client CPU is the cores the load generator used
-(workers, and the busiest worker's share of its core: near 1.00 means the client set the
-pace, not the server)."""
+successful requests (over HTTP, wrk's latencies include any non-2xx answers); errors
+are by gRPC status, over HTTP HTTP_NON_2XX and wrk's SOCKET_* errors (CHECK_FAILED: the
+one request sent before the step failed, so the step was not measured); srv queue / srv
+compute are the server's own per-request averages from ModelStatistics over the step
+(warm-up included); srv batch is the server's mean executed batch; srv CPU is the
+cores the server's processes used over the step and their CPU per request (only when the
+server runs here and its PID is known: compare, or run --server-pid); client CPU is the
+cores the load generator used (workers, and the busiest worker's share of its core: near
+1.00 means the client set the pace, not the server; wrk: one process, its threads)."""
 
 
 def markdown_document(doc: dict, title: str = "Benchmark") -> str:
@@ -219,6 +229,9 @@ def markdown_document(doc: dict, title: str = "Benchmark") -> str:
     if doc.get("comparison_markdown"):
         parts += ["## Comparison", "", doc["comparison_markdown"], ""]
     parts += ["## Steps", "", markdown_steps(doc["runs"]), "", LEGEND, ""]
+    failures = failures_markdown(doc["runs"])
+    if failures:
+        parts += ["## Failed steps", "", failures, ""]
     return "\n".join(parts)
 
 

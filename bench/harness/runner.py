@@ -1,6 +1,7 @@
 """Run a scenario against one server: resolve inputs, build the request bytes, then
-for each step load the server (our workers or perf_analyzer) and read its statistics
-before and after. The result is a plain dict (results.py writes and tabulates it).
+for each step load the server (our workers or perf_analyzer over gRPC, wrk over
+HTTP/REST) and read its statistics before and after. The result is a plain dict
+(results.py writes and tabulates it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from bench.harness.control import ServerControl, stats_delta
 from bench.harness.loadgen import WorkerResult, WorkerSpec
 from bench.harness.payload import InputSpec, build_payloads, resolve_inputs
 from bench.harness.results import step_row
-from bench.harness.scenario import Scenario, Step
+from bench.harness.scenario import Scenario, ScenarioError, Step
 
 # Auto worker count: one worker process per this much load. A grpc.aio client process
 # handles a few thousand requests/s per core; past that it would set the pace itself.
@@ -112,9 +113,25 @@ def _progress(enabled: bool):
     )
 
 
-def resolve(url: str, scenario: Scenario, headers: dict[str, str]) -> list[InputSpec]:
+PROTOCOLS = ("grpc", "http")
+DRIVERS = {"grpc": ("harness", "perf_analyzer"), "http": ("wrk",)}
+
+
+def control_for(protocol: str, url: str, headers: dict[str, str]):
+    """The control-plane client for ``protocol``: ServerControl (gRPC) or HttpControl."""
+    if protocol == "http":
+        from bench.harness.http_control import HttpControl
+
+        return HttpControl(url, headers)
+    if protocol == "grpc":
+        return ServerControl(url, headers)
+    raise ValueError(f"unknown protocol {protocol!r}: one of {PROTOCOLS}")
+
+
+def resolve(url: str, scenario: Scenario, headers: dict[str, str],
+            protocol: str = "grpc") -> list[InputSpec]:
     """The inputs to send: the scenario's, completed from the server's metadata."""
-    with ServerControl(url, headers) as control:
+    with control_for(protocol, url, headers) as control:
         control.wait_model_ready(scenario.model, scenario.version, READY_TIMEOUT_S)
         metadata = control.model_metadata(scenario.model, scenario.version)
         return resolve_inputs(scenario, metadata,
@@ -165,24 +182,37 @@ class _ServerCpu:
 def run_scenario(url: str, scenario: Scenario, *, server: str = "server",
                  driver: str = "harness", headers: dict[str, str] | None = None,
                  progress: bool = True, inputs: list[InputSpec] | None = None,
-                 server_pids=None, work_dir=None) -> dict:
+                 server_pids=None, work_dir=None, protocol: str = "grpc",
+                 control_headers: dict[str, str] | None = None,
+                 expect_outputs: tuple[str, ...] = ()) -> dict:
     """Every step of ``scenario`` against ``url``; the run's result dict.
 
     ``headers`` add to the scenario's (a peer's access token, say). ``inputs``: send
     exactly these (a comparison sends every server the same tensors); otherwise they
     are resolved from the scenario and the server's metadata. ``server_pids()``: the
     server's local processes, for its CPU use per step.
+
+    ``protocol`` "http": ``url`` is a v2 HTTP/REST endpoint and the driver is wrk;
+    before each step one request checks the answer (200, outputs named
+    ``expect_outputs`` or the scenario's), else the step is recorded as failed.
+    ``control_headers`` go with the control calls only (metadata, statistics).
     """
+    if driver not in DRIVERS.get(protocol, ()):
+        raise ScenarioError(f"driver {driver!r} does not speak {protocol!r} "
+                            f"(drivers for it: {', '.join(DRIVERS.get(protocol, ()))})")
+    if driver == "wrk" and scenario.rates:
+        raise ScenarioError("wrk runs closed-loop steps only: give --concurrency, not --rates")
     headers = {**scenario.headers, **(headers or {})}
+    control_headers = {**headers, **(control_headers or {})}
     if inputs is None:
-        specs = resolve(url, scenario, headers)
+        specs = resolve(url, scenario, control_headers, protocol)
     else:
         specs = inputs
-        with ServerControl(url, headers) as control:
+        with control_for(protocol, url, control_headers) as control:
             control.wait_model_ready(scenario.model, scenario.version, READY_TIMEOUT_S)
     steps = scenario.steps()
     rows = []
-    with ServerControl(url, headers) as control, _progress(progress) as bar:
+    with control_for(protocol, url, control_headers) as control, _progress(progress) as bar:
         def stats():
             return control.statistics(scenario.model, scenario.version)
 
@@ -212,11 +242,29 @@ def run_scenario(url: str, scenario: Scenario, *, server: str = "server",
                         update.finish()
                     row = merge_step(step, scenario, results, stats_delta(before, stats()))
                     rows.append(server_cpu.attach(row))
-        else:
-            raise ValueError(f"unknown driver {driver!r}: harness or perf_analyzer")
+        elif driver == "wrk":
+            from bench.harness import wrk
+            from bench.harness.payload import build_json_body
+
+            body = build_json_body(scenario, specs)
+            expect = tuple(expect_outputs) or scenario.outputs
+            for step in steps:
+                before = stats()
+                problem = control.check_infer(scenario.model, scenario.version, body, expect)
+                if problem is not None:
+                    row = failed_step(step, scenario, problem, driver)
+                else:
+                    with _ServerCpu(server_pids) as server_cpu:
+                        row = wrk.run_step(url, scenario, step, body, headers, work_dir)
+                    row["server"] = stats_delta(before, stats())
+                    row = server_cpu.attach(row)
+                rows.append(row)
+                if bar is not None:
+                    bar.console.print(f"  {server} {step.label}: {_info_of(row)}")
     return {
         "server": server,
         "url": url,
+        "protocol": protocol,
         "driver": driver,
         "status": "ok",
         "model": scenario.model,
@@ -227,7 +275,20 @@ def run_scenario(url: str, scenario: Scenario, *, server: str = "server",
     }
 
 
+def failed_step(step: Step, scenario: Scenario, reason: str, driver: str) -> dict:
+    """A step that was not measured: the pre-step check failed; ``failed`` says why."""
+    empty = {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None,
+             "p99.9": None, "max": None}
+    row = step_row(step, scenario.batch_size, ok=0, errors={"CHECK_FAILED": 1},
+                   elapsed_s=None, requests_per_s=0.0, latency=empty, server=None,
+                   client={"driver": driver})
+    row["failed"] = reason
+    return row
+
+
 def _info_of(row: dict) -> str:
+    if row.get("failed"):
+        return "FAILED: " + row["failed"].splitlines()[0][:200]
     lat = row["latency_us"]
     p50 = "-" if lat.get("p50") is None else f"{lat['p50']} µs"
     return f"{row['inferences_per_s']:.0f} infer/s, p50 {p50}, errors {sum(row['errors'].values())}"
