@@ -20,6 +20,8 @@ cdef extern from "native/frontend.h" namespace "grpc" nogil:
     cdef cppclass GenericCallbackServerContext:
         pass
 
+    string Version()
+
     cdef cppclass ByteBuffer:
         size_t Length()
 
@@ -70,6 +72,11 @@ cdef extern from "native/frontend.h" namespace "tensorgate" nogil:
                    vector[uint64_t]* cancelled)
         void Shutdown(double grace_s)
         FrontendStats stats()
+
+
+def grpcpp_version() -> str:
+    """The version of the grpc++ library this front end runs on."""
+    return Version().decode()
 
 
 class NativeAbort(Exception):

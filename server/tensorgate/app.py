@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tensorgate._proto import POOL
 from tensorgate.dataplane import DataPlane
+from tensorgate.diagnostics import warn_if_native_missing
 from tensorgate.grpc import control as control_grpc
 from tensorgate.grpc import native as native_grpc
 from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
@@ -151,6 +152,7 @@ async def serve(settings: Settings) -> int:
         Path(root), settings.default_max_batch_size, settings.shutdown_grace_secs,
         allow_symlinks_outside=settings.allow_symlinks_outside_repository,
     )
+    repository.strict_config = settings.strict_model_config
     state = ServerState(repository, settings.strict_readiness)
     server = grpc.aio.server(options=grpc_server_options(settings))
     try:
@@ -160,10 +162,7 @@ async def serve(settings: Settings) -> int:
         return 1
     # Routes persist inside the repository; not inside the bundled demo repository,
     # which is part of the installed package.
-    routes = RouteManager(
-        repository,
-        route_store.state_path(Path(root)) if settings.model_repository else None,
-    )
+    routes = RouteManager(repository, _state_file(settings, root))
     shared_memory = SystemSharedMemory(settings.allow_client_shm)
     dataplane = DataPlane(repository, security.limits, routes, shared_memory)
     if settings.request_log_sample_ratio > 0:
@@ -171,6 +170,7 @@ async def serve(settings: Settings) -> int:
     service = InferenceService(
         repository, dataplane, state, security.guard, LogSettings(settings.log_format)
     )
+    service.model_control_refusal = _model_control_refusal(settings.model_control_mode)
     server.add_generic_rpc_handlers([
         generic_handler(service),
         control_grpc.generic_handler(control_grpc.RoutingService(routes), security.guard),
@@ -211,6 +211,7 @@ async def serve(settings: Settings) -> int:
         grpc_port = server.add_insecure_port(address)
     log.info("gRPC security: %s; front end: %s", security.summary,
              "native (grpc++)" if frontend is not None else "grpc.aio")
+    warn_if_native_missing(settings, log)
     if grpc_port == 0:
         log.error("cannot listen on %s:%d", settings.host, settings.grpc_port)
         return 1
@@ -257,8 +258,30 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    log.info("loading models from %s", root)
-    await repository.load_all(loop)
+    mode = settings.model_control_mode
+    if mode == "explicit":
+        names = settings.load_model
+        log.info("model control explicit: loading %s from %s",
+                 ", ".join(names) if names else "nothing", root)
+        failed = await repository.load_some(loop, names)
+    else:
+        log.info("loading models from %s (model control %s)", root, mode)
+        await repository.load_all(loop)
+        failed = []
+    if settings.exit_on_error and (failed or not repository.all_ready):
+        failed += [f"{name} ({reason})" for name, _, state, reason in repository.index()
+                   if state != "READY" and reason and f"{name} (" not in " ".join(failed)]
+        log.error("--exit-on-error: model(s) failed to load: %s", "; ".join(failed))
+        await server.stop(0)
+        if frontend is not None:
+            frontend.shutdown(0.0)
+            shutil.rmtree(backend_dir, ignore_errors=True)
+        if http_server is not None:
+            await http_server.stop(0)
+        await repository.unload_all()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        return 1
     try:
         restored = routes.restore()
     except ValueError as exc:
@@ -267,9 +290,13 @@ async def serve(settings: Settings) -> int:
     if restored:
         log.info("restored %d route(s) from %s", restored, routes.state_file)
     watcher = None
-    if settings.repository_poll_secs > 0:
-        watcher = RepositoryWatcher(repository, settings.repository_poll_secs)
+    poll_secs = settings.repository_poll_secs
+    if mode == "poll" and poll_secs == 0:
+        poll_secs = DEFAULT_POLL_SECS
+    if poll_secs > 0:
+        watcher = RepositoryWatcher(repository, poll_secs)
         watcher.start()
+        log.info("polling the repository every %g s", poll_secs)
     state.loaded = True
     if settings.gc_freeze:
         heap.freeze()  # once everything loaded; each later repository change freezes again
@@ -320,6 +347,26 @@ async def serve(settings: Settings) -> int:
 
 
 STREAM_GRACE_S = 1.0
+DEFAULT_POLL_SECS = 15.0  # --model-control-mode poll without --repository-poll-secs (Triton's)
+
+
+def _state_file(settings: Settings, root) -> Path | None:
+    """Where routes and rollouts persist: --state-dir, else inside the repository (not
+    inside the bundled demo repository, which is part of the installed package)."""
+    if settings.state_dir is not None:
+        return Path(settings.state_dir) / route_store.STATE_FILE
+    return route_store.state_path(Path(root)) if settings.model_repository else None
+
+
+def _model_control_refusal(mode: str) -> str | None:
+    """Why RepositoryModelLoad/Unload are refused in this mode (Triton's words first)."""
+    if mode == "none":
+        return ("explicit model load / unload is not allowed: the server runs with "
+                "--model-control-mode none (explicit: load and unload through the API)")
+    if mode == "poll":
+        return ("explicit model load / unload is not allowed if polling is enabled "
+                "(--model-control-mode poll: change the repository on disk instead)")
+    return None
 # After the last accepted request finished, keep answering UNAVAILABLE this long before
 # grpc's stop(): calls that reach grpc.aio at the moment of stop() are dropped without
 # reaching us (CANCELLED), so clients should first learn that we refuse.

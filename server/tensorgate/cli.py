@@ -3,26 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from tensorgate import __version__
-from tensorgate.settings import add_arguments, from_sources
+from tensorgate.settings import add_arguments, from_sources, triton_flag_error
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensorgate",
-        description="KServe v2 / Triton gRPC inference server for ONNX models.",
+        description="KServe v2 / Triton inference server for ONNX models (gRPC and HTTP/REST).",
     )
     parser.add_argument("--version", action="version", version=f"tensorgate {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     serve = verbs.add_parser(
         "serve",
         help="serve a model repository (the bundled demo models by default)",
-        description="Serve a Triton-layout model repository over the v2 gRPC protocol. "
-        "Every flag can also be set as TENSORGATE_<NAME> in the environment; the flag wins.",
+        description="Serve a Triton-layout model repository over the v2 protocol (gRPC and "
+        "HTTP/REST). Every flag can also be set as TENSORGATE_<NAME> in the environment; "
+        "the flag wins. Triton's flag names work where TensorGate has the feature; the "
+        "others are refused with TensorGate's equivalent named.",
     )
     add_arguments(serve)
+    health = verbs.add_parser(
+        "health",
+        help="exit 0 when a server on these settings answers SERVING (a container "
+        "HEALTHCHECK)",
+        description="Check grpc.health.v1 on the gRPC port that `serve` with the same flags "
+        "and TENSORGATE_* environment listens on, over its TLS when it has one (trusting "
+        "its own --tls-cert chain, or the CA bundle in TENSORGATE_HEALTH_CA). Exit 0 when "
+        "SERVING, 1 otherwise, and print what was seen.",
+    )
+    add_arguments(health)
+    health.add_argument("--service", default="",
+                        help="a service or model name to check (default: the server)")
+    health.add_argument("--timeout", type=float, default=3.0,
+                        help="seconds to wait for the answer (default: 3)")
+    info = verbs.add_parser(
+        "info",
+        help="what this installation has: front ends, ONNX Runtime and its working "
+        "execution providers, packages, extras",
+        description="Print the TensorGate version, the front ends built (grpc++'s version "
+        "for the native one), ONNX Runtime's version and the execution providers that "
+        "really run a session here, the versions of the packages it serves with, and "
+        "the optional extras installed.",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
     from tensorgate import routes_cli
 
     routes_cli.add_parser(verbs)
@@ -30,13 +57,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.verb == "serve":
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        message = triton_flag_error(unknown)
+        parser.error(message or f"unrecognized arguments: {' '.join(unknown)}")
+    if args.verb in ("serve", "health"):
         try:
             settings = from_sources(args)
         except ValueError as exc:
-            print(f"tensorgate serve: {exc}", file=sys.stderr)
+            print(f"tensorgate {args.verb}: {exc}", file=sys.stderr)
             return 2
+    if args.verb == "serve":
         from tensorgate.observability.logs import configure
 
         configure(settings.log_level, settings.log_format)
@@ -48,6 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         from tensorgate.app import serve
 
         return uvloop.run(serve(settings))
+    if args.verb == "health":
+        from tensorgate.diagnostics import check_health
+
+        try:
+            serving, seen = check_health(settings, args.timeout, args.service)
+        except OSError as exc:
+            print(f"tensorgate health: {exc}", file=sys.stderr)
+            return 1
+        print(seen)
+        return 0 if serving else 1
+    if args.verb == "info":
+        from tensorgate.diagnostics import installation_report, print_report
+
+        report = installation_report()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
+        return 0
     if args.verb == "routes":
         from tensorgate import routes_cli
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,43 @@ from typing import Any
 ENV_PREFIX = "TENSORGATE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FRONTENDS = ("auto", "native", "grpcio")
+CONTROL_MODES = ("auto", "none", "poll", "explicit")
+# Flags that take a list: repeated on the command line, comma-separated in the env.
+REPEATED = ("load_model",)
+# Flags with a second spelling (Triton's).
+ALIASES = {"strict_model_config": ("--disable-auto-complete-config",)}
+# Triton flags TensorGate has no field for, with what to use instead.
+TRITON_EQUIVALENTS = {
+    "--exit-timeout-secs": "--shutdown-grace-secs",
+    "--allow-http": "--http-port -1 turns HTTP off",
+    "--allow-grpc": "gRPC is always served (--grpc-port)",
+    "--allow-metrics": "--metrics-port -1 turns metrics off",
+    "--allow-gpu-metrics": "GPU metrics are served where a GPU is present",
+    "--allow-cpu-metrics": "process metrics are always on /metrics",
+    "--http-address": "--host", "--grpc-address": "--host", "--metrics-address": "--host",
+    "--log-verbose": "--log-level DEBUG",
+    "--log-info": "--log-level", "--log-warning": "--log-level", "--log-error": "--log-level",
+    "--log-file": "logs go to stderr; collect them with the container runtime",
+    "--trace-config": "--trace-exporter, --otlp-endpoint, --trace-sample-ratio and the "
+                      "OTEL_* variables",
+    "--backend-config": "per model: config.pbtxt parameters (e.g. intra_op_thread_count)",
+    "--backend-directory": "TensorGate serves ONNX models with ONNX Runtime only",
+    "--repoagent-directory": "repository agents are not supported",
+    "--cache-config": "no response cache yet",
+    "--response-cache-byte-size": "no response cache yet",
+    "--pinned-memory-pool-byte-size": "not used: batches are gathered in host memory",
+    "--cuda-memory-pool-byte-size": "not used: ONNX Runtime's CUDA arena per session",
+    "--min-supported-compute-capability": "CUDA is used where ONNX Runtime's provider works",
+    "--model-load-thread-count": "models load concurrently",
+    "--model-namespacing": "one repository per server (--model-repository)",
+    "--rate-limit": "--rate-limit-rps (per client) and --max-inflight",
+    "--grpc-use-ssl": "--tls-cert and --tls-key", "--grpc-server-cert": "--tls-cert",
+    "--grpc-server-key": "--tls-key", "--grpc-root-cert": "--tls-client-ca",
+    "--grpc-use-ssl-mutual": "--tls-client-ca",
+    "--grpc-infer-allocation-pool-size": "not needed (the native front end pools calls)",
+    "--http-thread-count": "HTTP runs on the event loop",
+    "--id": "the server name is tensorgate (ServerMetadata)",
+}
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -26,7 +64,51 @@ def _doc(text: str, **extra: Any) -> dict:
 class Settings:
     model_repository: Path | None = field(
         default=None,
-        metadata=_doc("Triton-layout model repository; default: the bundled demo repository."),
+        metadata=_doc(
+            "Triton-layout model repository; default: the bundled demo repository. One "
+            "repository per server (given twice: refused)."
+        ),
+    )
+    model_control_mode: str = field(
+        default="auto",
+        metadata=_doc(
+            "As Triton's: none (load every model at start; RepositoryModelLoad/Unload "
+            "refused), poll (as none, and poll the repository every --repository-poll-secs, "
+            "15 unless set), explicit (load only the --load-model ones at start; load and "
+            "unload through the API). auto: load every model at start, the API works, and "
+            "polling runs when --repository-poll-secs > 0."
+        ),
+    )
+    load_model: tuple = field(
+        default=(),
+        metadata=_doc(
+            "With --model-control-mode explicit: a model to load at start (repeat the flag "
+            "for several; '*' loads them all); env: comma-separated."
+        ),
+    )
+    state_dir: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Where state that outlives a restart is kept (routes and rollouts: "
+            "routes.json), so the repository can be mounted read-only; default: "
+            "<repository>/.tensorgate (none for the bundled demo repository)."
+        ),
+    )
+    exit_on_error: bool = field(
+        default=False,
+        metadata=_doc(
+            "Exit (code 1) when a model fails to load at start, as Triton's --exit-on-error "
+            "(true by default there); false: the others serve, the failure is in the log, "
+            "RepositoryIndex and readiness."
+        ),
+    )
+    strict_model_config: bool = field(
+        default=False,
+        metadata=_doc(
+            "Every model needs a complete config.pbtxt (max_batch_size, input, output): "
+            "nothing is filled in from the graph, as Triton's --strict-model-config "
+            "(alias: --disable-auto-complete-config)."
+        ),
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address both ports listen on."))
     grpc_port: int = field(default=8001, metadata=_doc("gRPC port (0 picks a free port)."))
@@ -57,8 +139,12 @@ class Settings:
         metadata=_doc("Fraction of inference requests logged (logger tensorgate.requests)."),
     )
     trace_exporter: str = field(
-        default="none",
-        metadata=_doc("Where OpenTelemetry spans go: none (tracing off), console, or otlp."),
+        default="",
+        metadata=_doc(
+            "Where OpenTelemetry spans go: none (tracing off), console, or otlp. Unset: "
+            "OTEL_TRACES_EXPORTER, else otlp when --otlp-endpoint or "
+            "OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none."
+        ),
     )
     trace_sample_ratio: float | None = field(
         default=None,
@@ -214,9 +300,24 @@ class Settings:
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.frontend not in FRONTENDS:
             raise ValueError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
-        if self.trace_exporter not in ("none", "console", "otlp"):
+        if self.trace_exporter not in ("", "none", "console", "otlp"):
             raise ValueError(
                 f"trace_exporter must be none, console or otlp, got {self.trace_exporter!r}"
+            )
+        if self.model_control_mode not in CONTROL_MODES:
+            raise ValueError(
+                f"model_control_mode must be one of {', '.join(CONTROL_MODES)}, got "
+                f"{self.model_control_mode!r}"
+            )
+        if self.repository_poll_secs > 0 and self.model_control_mode in ("none", "explicit"):
+            raise ValueError(
+                f"repository_poll_secs polls the repository in model_control_mode poll or "
+                f"auto, not {self.model_control_mode}"
+            )
+        if self.load_model and self.model_control_mode != "explicit":
+            raise ValueError(
+                "load_model needs model_control_mode explicit (in the other modes every "
+                "model loads at start)"
             )
         for name in ("request_log_sample_ratio", "trace_sample_ratio"):
             ratio = getattr(self, name)
@@ -294,13 +395,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
-        default = f.default if f.default is not None else "(see above)"
+        default = f.default if f.default not in (None, "", ()) else "(see above)"
         # A boolean flag given alone means true ("--gc-freeze" = "--gc-freeze true").
         boolean = _field_type(f) is bool
+        # Every flag is collected as a list: --load-model repeats, and a repeated
+        # --model-repository (several repositories, in Triton) must be refused, not lost.
         parser.add_argument(
             flag,
+            *ALIASES.get(f.name, ()),
             dest=f.name,
             default=None,
+            action="append",
             metavar="BOOL" if boolean else f.name.upper(),
             nargs="?" if boolean else None,
             const="true" if boolean else None,
@@ -308,14 +413,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def from_sources(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """Build Settings from flags (first), ``TENSORGATE_*`` env vars, then defaults."""
+    """Build Settings from flags (first), ``TENSORGATE_*`` env vars, then defaults. A
+    ValueError names each setting as the user gave it (``--log-format``, or
+    ``TENSORGATE_LOG_FORMAT``)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(Settings):
-        raw = getattr(args, f.name, None)
-        if raw is None:
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-        if raw is not None:
+    given: dict[str, str] = {}
+    try:
+        for f in dataclasses.fields(Settings):
+            raw = getattr(args, f.name, None)
+            if raw is not None:
+                given[f.name] = flag_of(f.name)
+                if f.name in REPEATED:
+                    values[f.name] = tuple(raw)
+                    continue
+                if len(raw) > 1 and f.name == "model_repository":
+                    # Triton serves several repositories when the flag repeats.
+                    raise ValueError(
+                        f"{f.name} given {len(raw)} times ({', '.join(map(str, raw))}); "
+                        "TensorGate serves one model repository: put the models in one "
+                        "directory (links to other volumes: "
+                        "--allow-symlinks-outside-repository)"
+                    )
+                raw = raw[-1]  # a repeated flag: the last one wins, as usual
+            else:
+                raw = environ.get(ENV_PREFIX + f.name.upper())
+                if raw is None:
+                    continue
+                given[f.name] = ENV_PREFIX + f.name.upper()
+                if f.name in REPEATED:
+                    values[f.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+                    continue
             values[f.name] = _parse_value(f, raw)
-    return Settings(**values)
+        return Settings(**values)
+    except ValueError as exc:
+        raise ValueError(_as_typed(str(exc), given)) from None
+
+
+def _as_typed(message: str, given: dict[str, str]) -> str:
+    """A settings error with each field name written as the user gave the setting."""
+    names = sorted((f.name for f in dataclasses.fields(Settings)), key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(names) + r")\b")
+    return pattern.sub(lambda m: given.get(m.group(1), flag_of(m.group(1))), message)
+
+
+def triton_flag_error(unknown: list[str]) -> str | None:
+    """For flags argparse did not know: a message naming TensorGate's equivalent when
+    one of them is Triton's; None when none is."""
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        if name in TRITON_EQUIVALENTS:
+            return (f"{name} is a Triton flag TensorGate does not take; instead: "
+                    f"{TRITON_EQUIVALENTS[name]}")
+    return None

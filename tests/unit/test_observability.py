@@ -162,7 +162,7 @@ def test_request_logs_are_sampled(caplog):
 
 
 def test_settings_validate_observability_fields():
-    assert Settings().trace_exporter == "none" and Settings().log_format == "text"
+    assert Settings().trace_exporter == "" and Settings().log_format == "text"
     for bad in ({"trace_exporter": "jaeger"}, {"log_format": "xml"},
                 {"trace_sample_ratio": 1.5}, {"request_log_sample_ratio": -0.1}):
         with pytest.raises(ValueError):

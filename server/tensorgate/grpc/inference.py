@@ -27,6 +27,7 @@ from tensorgate._proto.inference import grpc_service_pb2 as pb
 from tensorgate.context import RequestContext
 from tensorgate.dataplane import DataPlane
 from tensorgate.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     TensorGateError,
@@ -104,6 +105,9 @@ class InferenceService:
         self.guard = guard  # None when auth, rate limits and the in-flight cap are all off
         self.log_settings = log_settings or LogSettings("text")
         self.trace_settings = trace_settings or TraceSettings()
+        # Why RepositoryModelLoad/Unload are refused (--model-control-mode none or poll),
+        # or None when they are served.
+        self.model_control_refusal: str | None = None
 
     # -- hot path ------------------------------------------------------------------
 
@@ -303,8 +307,13 @@ class InferenceService:
             ]
         )
 
+    def _check_model_control(self) -> None:
+        if self.model_control_refusal is not None:
+            raise FailedPrecondition(self.model_control_refusal)
+
     async def repository_model_load(self, request, context):
         self._check_repository_name(request.repository_name)
+        self._check_model_control()
         if request.parameters:
             keys = ", ".join(sorted(request.parameters))
             raise InvalidArgument(f"RepositoryModelLoad: parameters are not supported yet ({keys})")
@@ -314,6 +323,7 @@ class InferenceService:
 
     async def repository_model_unload(self, request, context):
         self._check_repository_name(request.repository_name)
+        self._check_model_control()
         await self.repository.unload(request.model_name)
         log.info("model %s unloaded on request", request.model_name)
         return pb.RepositoryModelUnloadResponse()

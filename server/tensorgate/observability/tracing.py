@@ -55,10 +55,52 @@ _GETTER = DefaultGetter()
 _NO_PARENT = (None, None)
 
 
+def resolve_exporter(configured: str, endpoint: str, environ=os.environ) -> tuple[str, str]:
+    """(exporter, where that came from): --trace-exporter; else the standard
+    OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER; else otlp when an OTLP endpoint is set
+    (--otlp-endpoint, OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), as OpenTelemetry's SDKs
+    export by default; else none."""
+    if configured:
+        return configured, "--trace-exporter"
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "none", "OTEL_SDK_DISABLED=true"
+    raw = environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    if raw:
+        for item in raw.lower().split(","):
+            if item.strip() in EXPORTERS:
+                return item.strip(), "OTEL_TRACES_EXPORTER"
+        log.warning("OTEL_TRACES_EXPORTER=%r: TensorGate exports to otlp or console; "
+                    "tracing stays off", raw)
+        return "none", "OTEL_TRACES_EXPORTER"
+    if endpoint:
+        return "otlp", "--otlp-endpoint"
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if environ.get(var):
+            return "otlp", var
+    return "none", "no --trace-exporter, OTEL_TRACES_EXPORTER or OTLP endpoint"
+
+
+# OTEL_TRACES_SAMPLER values and the fixed ratio each means (None: take the argument).
+# TensorGate's sampler is always parent-based: a caller's sampled flag decides for its
+# own trace; these set the ratio for new traces.
+_SAMPLERS = {
+    "always_on": 1.0, "always_off": 0.0, "traceidratio": None,
+    "parentbased_always_on": 1.0, "parentbased_always_off": 0.0,
+    "parentbased_traceidratio": None,
+}
+
+
 def sample_ratio(configured: float | None, environ=os.environ) -> float:
-    """--trace-sample-ratio, else OTEL_TRACES_SAMPLER_ARG, else 1.0."""
+    """--trace-sample-ratio, else OTEL_TRACES_SAMPLER (and its _ARG), else 1.0."""
     if configured is not None:
         return configured
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler:
+        if sampler not in _SAMPLERS:
+            log.warning("ignoring OTEL_TRACES_SAMPLER=%r: not one of %s", sampler,
+                        ", ".join(_SAMPLERS))
+        elif _SAMPLERS[sampler] is not None:
+            return _SAMPLERS[sampler]
     raw = environ.get("OTEL_TRACES_SAMPLER_ARG")
     if raw:
         try:
@@ -249,15 +291,24 @@ def _service_name() -> str:
 
 
 def install(exporter: str, ratio: float | None, endpoint: str = "") -> Tracing | None:
-    """Turn tracing on for this process (``ACTIVE``) unless the exporter is "none".
-    ``INSTALLED`` keeps the tracer while the trace settings API turns it off."""
+    """Turn tracing on for this process (``ACTIVE``) unless the exporter resolves to
+    "none" (``resolve_exporter``). ``INSTALLED`` keeps the tracer while the trace
+    settings API turns it off. The log says which, and why."""
     global ACTIVE, INSTALLED
+    exporter, source = resolve_exporter(exporter, endpoint)
     span_exporter = make_exporter(exporter, endpoint)
     if span_exporter is None:
         ACTIVE = INSTALLED = None
+        log.info("tracing off (%s)", source)
         return None
     ACTIVE = INSTALLED = Tracing(BatchSpanProcessor(span_exporter), sample_ratio(ratio))
-    log.info("tracing on: exporter %s, sample ratio %g (parent-based)", exporter, ACTIVE.ratio)
+    where = ""
+    if exporter == "otlp":
+        where = " to " + (endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                          or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                          or "localhost:4317 (the OTLP default)")
+    log.info("tracing on: exporter %s%s (from %s), sample ratio %g (parent-based), "
+             "service name %s", exporter, where, source, ACTIVE.ratio, _service_name())
     return ACTIVE
 
 

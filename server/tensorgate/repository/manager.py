@@ -65,6 +65,25 @@ def _source_signature(files: ModelFiles, version: int, parsed) -> tuple | None:
     return (text, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _check_complete(parsed, files: ModelFiles) -> None:
+    """--strict-model-config (Triton's, also --disable-auto-complete-config): nothing is
+    filled in from the graph, so the config must say it all."""
+    if not files.config().exists():
+        raise ModelLoadError(
+            "no config.pbtxt, and --strict-model-config needs one (max_batch_size, input, "
+            "output)"
+        )
+    missing = [what for what, present in (
+        ("max_batch_size", parsed.max_batch_size_given),
+        ("input", bool(parsed.config.input)), ("output", bool(parsed.config.output)),
+    ) if not present]
+    if missing:
+        raise ModelLoadError(
+            f"config.pbtxt leaves out {', '.join(missing)}, and --strict-model-config fills "
+            "nothing in from the graph"
+        )
+
+
 class ModelRepository:
     def __init__(
         self, root: Path, default_max_batch_size: int, drain_timeout: float,
@@ -72,6 +91,8 @@ class ModelRepository:
     ) -> None:
         self.root = root
         self.paths = RepositoryPaths(root, allow_symlinks_outside)
+        # --strict-model-config: a model needs a complete config.pbtxt (no auto-complete).
+        self.strict_config = False
         self._default_max_batch_size = default_max_batch_size
         self._drain_timeout = drain_timeout
         self._entries: dict[str, ModelEntry] = {}
@@ -169,6 +190,21 @@ class ModelRepository:
         # A model that fails is logged and listed by RepositoryIndex; the rest serve.
         await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
 
+    async def load_some(self, loop: asyncio.AbstractEventLoop, names) -> list[str]:
+        """--model-control-mode explicit at start: the --load-model ones ('*': all);
+        returns what failed, each with its reason."""
+        if "*" in names:
+            await self.load_all(loop)
+            return []
+        self._loop = loop
+        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        failed = []
+        for name, result in zip(names, results):
+            if isinstance(result, Exception):
+                log.error("--load-model %s: %s", name, result)
+                failed.append(f"{name} ({result})")
+        return failed
+
     async def load(self, name: str) -> None:
         """Load (or reload) a model: every version its policy selects."""
         # Checked before anything is recorded under the name: a refused name leaves no
@@ -187,6 +223,8 @@ class ModelRepository:
         await self._notify("loading", name)
         try:
             parsed = parse_config(files.config())
+            if self.strict_config:
+                _check_complete(parsed, files)
             on_disk = versions_on_disk(model_dir)
             wanted = select_versions(parsed.config.version_policy, on_disk)
             if not wanted:
