@@ -1,8 +1,9 @@
 """``tensorgate routes ...``: the control plane from the command line.
 
-Talks to a running server's tensorgate.v1.RoutingService and prints JSON (the protobuf
-JSON mapping), so scripts can parse what it says. Errors print the server's message and
-exit 1.
+Talks to a running server's tensorgate.v1.RoutingService and prints JSON of one shape
+for every action, {"routes": [...], "events": [...]} (the protobuf JSON mapping, every
+field present), so scripts can parse what it says. Errors print the server's message
+and exit 1. --url, --token, --tls-ca and --timeout go before or after the action.
 
   tensorgate routes list
   tensorgate routes get NAME
@@ -20,10 +21,30 @@ exit 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 DEFAULT_URL = "127.0.0.1:8001"
+
+
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--url, --token, --tls-ca, --timeout: taken before the action and after it
+    (`tensorgate routes --url X list` and `tensorgate routes list --url X`). After the
+    action they default to "not given", so they never undo one given before it."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(os.environ.get("TENSORGATE_URL", DEFAULT_URL)),
+                        help=f"server gRPC address (env TENSORGATE_URL; default {DEFAULT_URL})")
+    parser.add_argument("--token", default=default(os.environ.get("TENSORGATE_TOKEN")),
+                        help="bearer token with the admin role (env TENSORGATE_TOKEN; "
+                             "default: none)")
+    parser.add_argument("--tls-ca", metavar="PEM", default=default(None),
+                        help="connect over TLS, trusting this CA bundle (the server runs "
+                             "with --tls-cert; default: plaintext)")
+    parser.add_argument("--timeout", type=float, default=default(10.0),
+                        help="seconds to wait for the server's answer (default 10)")
 
 
 def add_parser(verbs) -> None:
@@ -31,46 +52,63 @@ def add_parser(verbs) -> None:
         "routes", help="list and change routes and rollouts on a running server",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter,
     )
-    p.add_argument("--url", default=os.environ.get("TENSORGATE_URL", DEFAULT_URL),
-                   help="server gRPC address (env TENSORGATE_URL)")
-    p.add_argument("--token", default=os.environ.get("TENSORGATE_TOKEN"),
-                   help="bearer token with the admin role (env TENSORGATE_TOKEN)")
-    p.add_argument("--tls-ca", metavar="PEM",
-                   help="connect over TLS, trusting this CA bundle (server on --tls-cert)")
-    p.add_argument("--timeout", type=float, default=10.0)
+    _connection_options(p, defaults=True)
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, defaults=False)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list")
-    sub.add_parser("get").add_argument("name")
-    s = sub.add_parser("set")
-    s.add_argument("name")
-    s.add_argument("targets", nargs="+", metavar="MODEL[:VERSION]=WEIGHT")
-    s.add_argument("--sticky", action="store_true")
-    s.add_argument("--normalize", action="store_true")
-    s.add_argument("--shadow", metavar="MODEL[:VERSION]@FRACTION")
-    s.add_argument("--shadow-atol", type=float, default=0.0)
-    sw = sub.add_parser("switch")
-    sw.add_argument("name")
-    sw.add_argument("target", metavar="MODEL[:VERSION]")
-    sub.add_parser("delete").add_argument("name")
-    r = sub.add_parser("rollout")
-    r.add_argument("name")
-    r.add_argument("candidate", metavar="MODEL[:VERSION]")
-    r.add_argument("--stages", default="5,25,50,100")
-    r.add_argument("--hold-secs", type=float, default=60.0)
-    r.add_argument("--auto-promote", action="store_true")
-    r.add_argument("--max-error-rate", type=float, default=0.0)
-    r.add_argument("--max-p99-ratio", type=float, default=0.0)
-    r.add_argument("--max-p99-ms", type=float, default=0.0)
-    r.add_argument("--max-disagreement", type=float, default=0.0)
-    r.add_argument("--min-requests", type=int, default=0)
-    for action in ("pause", "resume", "promote", "rollback"):
-        a = sub.add_parser(action)
-        a.add_argument("name")
-        if action == "rollback":
-            a.add_argument("--reason", default="")
-    e = sub.add_parser("events")
-    e.add_argument("name", nargs="?", default="")
-    e.add_argument("--limit", type=int, default=100)
+
+    def action(name: str, text: str):
+        return sub.add_parser(name, help=text, description=text, parents=[after])
+
+    action("list", "every route, with its targets, shadow and rollout")
+    action("get", "one route").add_argument("name", help="the route's name")
+    s = action("set", "create or replace a route: weighted targets, optional shadow")
+    s.add_argument("name", help="the route's name (clients call it as a model name)")
+    s.add_argument("targets", nargs="+", metavar="MODEL[:VERSION]=WEIGHT",
+                   help="a target and its weight; no version: the model's default")
+    s.add_argument("--sticky", action="store_true",
+                   help="one route key always gets the same target (default: random)")
+    s.add_argument("--normalize", action="store_true",
+                   help="scale the weights to 100 instead of refusing other sums")
+    s.add_argument("--shadow", metavar="MODEL[:VERSION]@FRACTION",
+                   help="mirror this fraction of requests to a model (answers discarded, "
+                        "compared); default: none")
+    s.add_argument("--shadow-atol", type=float, default=0.0,
+                   help="absolute tolerance when comparing shadow answers (default 0)")
+    sw = action("switch", "blue-green: send all of a route's traffic to one target at once")
+    sw.add_argument("name", help="the route's name")
+    sw.add_argument("target", metavar="MODEL[:VERSION]", help="the target to switch to")
+    action("delete", "remove a route").add_argument("name", help="the route's name")
+    r = action("rollout", "start a canary rollout of a candidate on a route")
+    r.add_argument("name", help="the route's name")
+    r.add_argument("candidate", metavar="MODEL[:VERSION]", help="the version to roll out")
+    r.add_argument("--stages", default="5,25,50,100",
+                   help="traffic percentages, in order (default 5,25,50,100)")
+    r.add_argument("--hold-secs", type=float, default=60.0,
+                   help="time at each stage before the next (default 60)")
+    r.add_argument("--auto-promote", action="store_true",
+                   help="move on after each hold without a promote command (default: wait)")
+    r.add_argument("--max-error-rate", type=float, default=0.0,
+                   help="roll back when the candidate's error rate passes this (0: off)")
+    r.add_argument("--max-p99-ratio", type=float, default=0.0,
+                   help="roll back when its p99 passes this multiple of the stable's (0: off)")
+    r.add_argument("--max-p99-ms", type=float, default=0.0,
+                   help="roll back when its p99 passes this many ms (0: off)")
+    r.add_argument("--max-disagreement", type=float, default=0.0,
+                   help="roll back when shadow disagreement passes this fraction (0: off)")
+    r.add_argument("--min-requests", type=int, default=0,
+                   help="requests a stage needs before the guards judge it (default 0)")
+    for name, text in (("pause", "hold a rollout at its stage"),
+                       ("resume", "continue a paused rollout"),
+                       ("promote", "move a rollout to its next stage now"),
+                       ("rollback", "end a rollout: all traffic back to the stable target")):
+        a = action(name, text)
+        a.add_argument("name", help="the route's name")
+        if name == "rollback":
+            a.add_argument("--reason", default="", help="recorded in the route's events")
+    e = action("events", "what happened to routes and rollouts, newest last")
+    e.add_argument("name", nargs="?", default="", help="one route (default: all)")
+    e.add_argument("--limit", type=int, default=100, help="most events to show (default 100)")
 
 
 def _model_version(text: str) -> tuple[str, str]:
@@ -132,7 +170,6 @@ def _request(args, pb):
 
 def main(args) -> int:
     import grpc
-    from google.protobuf import json_format
 
     from tensorgate._proto.tensorgate.v1 import control_pb2 as pb
     from tensorgate._proto.tensorgate.v1 import control_pb2_grpc
@@ -160,5 +197,23 @@ def main(args) -> int:
         except grpc.RpcError as exc:
             print(f"tensorgate routes: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    print(json_format.MessageToJson(reply, indent=2))
+    print(json.dumps(_output(reply, pb), indent=2))
     return 0
+
+
+def _output(reply, pb) -> dict:
+    """One shape for every action: {"routes": [...], "events": [...]}, each route and
+    event with every field (defaults included), so a script reads the same keys."""
+    from google.protobuf import json_format
+
+    def as_dict(message):
+        return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+    routes, events = [], []
+    if isinstance(reply, pb.ListRoutesResponse):
+        routes = [as_dict(r) for r in reply.routes]
+    elif isinstance(reply, pb.ListEventsResponse):
+        events = [as_dict(e) for e in reply.events]
+    elif hasattr(reply, "route") and reply.HasField("route"):
+        routes = [as_dict(reply.route)]
+    return {"routes": routes, "events": events}

@@ -40,18 +40,26 @@ def _cli(server, *args, token=ADMIN_TOKEN):
 def test_cli_set_list_switch_delete(server):
     rc, out, err = _cli(server, "set", "ab", "canary:1=90", "canary:2=10", "--sticky")
     assert rc == 0, err
-    assert json.loads(out)["route"]["sticky"] is True
+    assert json.loads(out)["routes"][0]["sticky"] is True
     rc, out, _ = _cli(server, "list")
-    assert [r["name"] for r in json.loads(out)["routes"]] == ["ab"]
+    listed = json.loads(out)
+    assert [r["name"] for r in listed["routes"]] == ["ab"] and listed["events"] == []
     rc, out, err = _cli(server, "set", "bad", "canary:1=50")
     assert rc == 1 and "INVALID_ARGUMENT" in err and "add up to 50" in err
     rc, out, err = _cli(server, "switch", "ab", "canary:2")
     assert rc == 0, err
-    assert json.loads(out)["route"]["targets"] == [
+    assert json.loads(out)["routes"][0]["targets"] == [
         {"model": "canary", "version": "2", "weight": 100.0}]
-    rc, out, _ = _cli(server, "events", "ab")
-    assert [e["kind"] for e in json.loads(out)["events"]] == ["set", "set"]
-    assert _cli(server, "delete", "ab")[0] == 0
+    # Connection options after the action work too, and every action has one shape.
+    cmd_tail = ["--url", server.grpc_url, "--token", ADMIN_TOKEN]
+    proc = subprocess.run([sys.executable, "-m", "tensorgate", "routes", "events", "ab",
+                           *cmd_tail], capture_output=True, text=True, timeout=30,
+                          env=server_env())
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert [e["kind"] for e in shown["events"]] == ["set", "set"] and shown["routes"] == []
+    rc, out, _ = _cli(server, "delete", "ab")
+    assert rc == 0 and json.loads(out) == {"routes": [], "events": []}
     rc, _, err = _cli(server, "get", "ab")
     assert rc == 1 and "NOT_FOUND" in err
 
