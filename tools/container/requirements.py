@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+
 import tomllib
 
 ONNXRUNTIME_NAMES = {"onnxruntime", "onnxruntime-gpu"}
