@@ -665,6 +665,103 @@ GOOD_TEST_MODELS = (
 BAD_TEST_MODELS = ("corrupt_model", "bad_config", "contradicting_config")
 
 
+# --------------------------------------------------------------------------- variable length
+
+
+def text_encoder(name: str, masked: bool = True, vocab: int = 50, hidden: int = 8,
+                 layers: int = 1, seed: int = SEED) -> onnx.ModelProto:
+    """A BERT-like sentence encoder, small: token embedding, ``layers`` per-token
+    tanh(x W + b) layers, then mean pooling over the sequence, masked by attention_mask
+    (``masked=False``: over every position, padding included, so padding changes the
+    answer). Inputs input_ids, attention_mask INT64 [batch, sequence]; outputs
+    token_embeddings FP32 [batch, sequence, hidden] and sentence_embedding FP32
+    [batch, hidden]."""
+    rng = np.random.default_rng(seed)
+    inits = [helper.make_tensor("E", FP32, [vocab, hidden],
+                                rng.standard_normal((vocab, hidden)).astype(np.float32).ravel())]
+    nodes = [helper.make_node("Gather", ["E", "input_ids"], ["h0"])]
+    for i in range(layers):
+        w = rng.standard_normal((hidden, hidden)).astype(np.float32) / np.sqrt(hidden)
+        b = rng.standard_normal(hidden).astype(np.float32) * 0.1
+        inits += [helper.make_tensor(f"W{i}", FP32, [hidden, hidden], w.ravel()),
+                  helper.make_tensor(f"B{i}", FP32, [hidden], b)]
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+                  helper.make_node("Tanh", [f"a{i}"],
+                                   ["token_embeddings" if i == layers - 1 else f"h{i + 1}"])]
+    if masked:
+        nodes += [
+            helper.make_node("Cast", ["attention_mask"], ["maskf"], to=FP32),
+            helper.make_node("Unsqueeze", ["maskf", "axes2"], ["mask3"]),
+            helper.make_node("Mul", ["token_embeddings", "mask3"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes1"], ["total"], keepdims=0),
+            helper.make_node("ReduceSum", ["maskf", "axes1"], ["count"], keepdims=1),
+            helper.make_node("Max", ["count", "one"], ["count1"]),
+            helper.make_node("Div", ["total", "count1"], ["sentence_embedding"]),
+        ]
+        inits += [helper.make_tensor("axes1", INT64, [1], [1]),
+                  helper.make_tensor("axes2", INT64, [1], [2]),
+                  helper.make_tensor("one", FP32, [1], [1.0])]
+    else:
+        nodes += [
+            helper.make_node("ReduceMean", ["token_embeddings"], ["mean"], axes=[1],
+                             keepdims=0),  # opset 17: axes is an attribute here
+            # attention_mask must stay an input: multiply it in without using it.
+            helper.make_node("Cast", ["attention_mask"], ["maskf"], to=FP32),
+            helper.make_node("ReduceSum", ["maskf"], ["masksum"], keepdims=0),
+            helper.make_node("Mul", ["masksum", "zero"], ["nothing"]),
+            helper.make_node("Add", ["mean", "nothing"], ["sentence_embedding"]),
+        ]
+        inits.append(helper.make_tensor("zero", FP32, [], [0.0]))
+    model = _model(
+        name, nodes,
+        [_vi("input_ids", INT64, ["batch", "sequence"]),
+         _vi("attention_mask", INT64, ["batch", "sequence"])],
+        [_vi("token_embeddings", FP32, ["batch", "sequence", hidden]),
+         _vi("sentence_embedding", FP32, ["batch", hidden])],
+        inits,
+    )
+    ids = np.array([[1, 2, 3, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 0]], dtype=np.int64)
+    tokens, pooled = _smoke(model, {"input_ids": ids, "attention_mask": mask})
+    assert tokens.shape == (1, 4, hidden) and pooled.shape == (1, hidden)
+    return model
+
+
+def text_encoder_config(name: str, max_batch_size: int = 16, delay_us: int = 20000,
+                        varlen: str | None = "input_ids:0,attention_mask:0",
+                        extra: str = "") -> str:
+    """config.pbtxt for ``text_encoder`` (``varlen``: the variable_length_batching value,
+    None: off)."""
+    text = (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+        + _tensor_cfg("input", "input_ids", "TYPE_INT64", [-1])
+        + _tensor_cfg("input", "attention_mask", "TYPE_INT64", [-1])
+        + f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
+        + 'parameters {\n  key: "intra_op_thread_count"\n  value: { string_value: "1" }\n}\n'
+    )
+    if varlen is not None:
+        text += ('parameters {\n  key: "variable_length_batching"\n'
+                 f'  value: {{ string_value: "{varlen}" }}\n}}\n')
+    return text + extra
+
+
+def build_varlen_repository(root: Path) -> Path:
+    """Models for variable-length batching: ``encoder`` (masked pooling, batching on),
+    ``encoder_plain`` (the same graph without variable-length batching), and
+    ``encoder_unmasked`` (pooling over padding too: must be refused)."""
+    root = Path(root)
+    hold = 'parameters {\n  key: "batching_idle_flush"\n  value: { string_value: "false" }\n}\n'
+    _write_model(root, "encoder", text_encoder("encoder"))
+    _write_config(root, "encoder", text_encoder_config("encoder", extra=hold))
+    _write_model(root, "encoder_plain", text_encoder("encoder_plain"))
+    _write_config(root, "encoder_plain", text_encoder_config("encoder_plain", varlen=None,
+                                                             extra=hold))
+    _write_model(root, "encoder_unmasked", text_encoder("encoder_unmasked", masked=False))
+    _write_config(root, "encoder_unmasked", text_encoder_config("encoder_unmasked"))
+    return root
+
+
 def main(argv: list[str]) -> int:
     builders = {"demo": build_demo_repository, "test": build_test_repository}
     if len(argv) != 2 or argv[0] not in builders:

@@ -53,6 +53,9 @@ class BatchTimings:
     input_ns: int
     infer_ns: int
     output_ns: int
+    # Variable-length batching: elements of the padded inputs, as sent and as run.
+    real_elements: int = 0
+    padded_elements: int = 0
 
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -70,6 +73,7 @@ class Batcher:
         input_buffers: Callable[[], dict[str, np.ndarray]],
         loop: asyncio.AbstractEventLoop,
         on_batch: Callable[[list[Pending], BatchTimings], None],
+        varlen=None,
     ) -> None:
         self._label = label
         self._scheduler = scheduler
@@ -79,6 +83,7 @@ class Batcher:
         self._loop = loop
         self._on_batch = on_batch
         self._threads: list[threading.Thread] = []
+        self._varlen = varlen  # a batching.varlen.VarLenPlan: pad, run, slice back
 
     def start(self) -> None:
         for i, runner in enumerate(self._runners):
@@ -177,8 +182,16 @@ class Batcher:
         started = time.perf_counter_ns()
         for p in batch:
             p.queue_ns = started - p.enqueued_ns
+        varlen = self._varlen
+        real = padded = 0
         if len(batch) == 1:
             feed = batch[0].inputs
+            if varlen is not None:
+                real = padded = sum(feed[v.name].size for v in varlen.inputs)
+        elif varlen is not None:
+            feed, real, padded = varlen.gather(
+                batch, lambda b, names: self._gather(b, buffers, names)
+            )
         else:
             feed = self._gather(batch, buffers)
         total = sum(p.rows for p in batch)
@@ -199,6 +212,8 @@ class Batcher:
         names = self._output_names
         if len(batch) == 1:
             batch[0].outputs = dict(zip(names, values))
+        elif varlen is not None:
+            varlen.scatter(batch, names, values)
         else:
             start = 0
             for p in batch:
@@ -206,7 +221,8 @@ class Batcher:
                 p.outputs = {n: v[start:end] for n, v in zip(names, values)}
                 start = end
         t_out = time.perf_counter_ns()
-        return BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer)
+        return BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer,
+                            real, padded)
 
     def _execute_alone(self, runner: Runner, p: Pending) -> None:
         try:
@@ -215,10 +231,14 @@ class Batcher:
             p.error = RuntimeFailure(f"onnxruntime failed: {exc}")
 
     @staticmethod
-    def _gather(batch: list[Pending], buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _gather(
+        batch: list[Pending], buffers: dict[str, np.ndarray], names=None
+    ) -> dict[str, np.ndarray]:
+        """The batch's rows of each input (``names``: only these) in one buffer each."""
         total = sum(p.rows for p in batch)
         feed = {}
-        for name, first in batch[0].inputs.items():
+        for name in names if names is not None else batch[0].inputs:
+            first = batch[0].inputs[name]
             parts = [p.inputs[name] for p in batch]
             if first.dtype == object:
                 feed[name] = np.concatenate(parts)  # BYTES: references, not bytes to copy

@@ -60,6 +60,12 @@ _COUNTERS: list[tuple[str, str, Callable]] = [
     ("nv_inference_compute_output_duration_us",
      "Cumulative inference compute output duration in microseconds",
      lambda s: s.compute_output.ns // 1000),
+    ("tensorgate_varlen_real_elements_total",
+     "Variable-length batching: elements of padded inputs as requests sent them",
+     lambda s: s.varlen_real_elements),
+    ("tensorgate_varlen_padded_elements_total",
+     "Variable-length batching: elements of padded inputs as run, padding included "
+     "(padded / real - 1 is the padding overhead)", lambda s: s.varlen_padded_elements),
 ]
 
 # (metric name, help, which Buckets, scale from stored units to exposed units)

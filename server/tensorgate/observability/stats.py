@@ -102,6 +102,10 @@ class VersionStats:
     queue_hist: Buckets = field(default_factory=_latency)
     compute_hist: Buckets = field(default_factory=_latency)
     batch_hist: Buckets = field(default_factory=lambda: Buckets(BATCH_SIZE_BOUNDS))
+    # Variable-length batching: elements of padded inputs as sent, and as run (padded);
+    # padded / real - 1 is the padding overhead.
+    varlen_real_elements: int = 0
+    varlen_padded_elements: int = 0
 
     def record_success(self, ns: int) -> None:
         self.success.count += 1

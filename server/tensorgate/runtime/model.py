@@ -16,6 +16,7 @@ import numpy as np
 from tensorgate._ext.batcher import QueuePolicy, Scheduler
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.batching.batcher import Batcher, BatchTimings, Pending
+from tensorgate.batching.varlen import VarLenPlan, check_padding_invariance, plan_from_config
 from tensorgate.classification import read_labels
 from tensorgate.dtypes import BY_CONFIG
 from tensorgate.errors import DeadlineExceeded, ModelLoadError, RuntimeFailure
@@ -130,6 +131,7 @@ class ModelVersion:
         self._idle.set()
         self.batcher: Batcher | None = None
         self.labels: dict[str, list[str]] = {}  # output -> class labels (label_filename)
+        self.varlen: VarLenPlan | None = None  # variable-length batching, when configured
         self.dynamic_batching = config.HasField("dynamic_batching") and self.max_batch_size > 0
         # TensorGate's one departure from Triton's batcher, on by default: a request that
         # finds the model idle (every other in-flight request already queued) is not held
@@ -177,6 +179,23 @@ class ModelVersion:
         )
         model = cls(name, version, config, sessions)
         model.labels = _labels(config, files)
+        model.varlen = plan_from_config(
+            config, model.inputs, model.outputs, first.get_inputs(), first.get_outputs()
+        )
+        if model.varlen is not None:
+            names = model.output_names
+            try:
+                check_padding_invariance(
+                    model.varlen, model.inputs,
+                    lambda feed: dict(zip(names, first.run(names, feed))), model.label,
+                )
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # onnxruntime refused the generated inputs
+                raise ModelLoadError(
+                    f"variable_length_batching: could not check that padding leaves the "
+                    f"answers alone (generated inputs: {str(exc)[:300]})"
+                ) from None
         if config.model_warmup:
             model._config_warm_up(files)  # raises ModelLoadError: never takes traffic
         model.run_us = model._warm_up()
@@ -275,6 +294,8 @@ class ModelVersion:
         Inline on the calling (event loop) thread when the model is idle and its run
         is shorter than a thread hand-off (see INLINE_MAX_US), else through the
         batcher. ``inline_ok=False`` (shadow runs): always through the batcher."""
+        if self.varlen is not None:  # batched by length bucket, not by exact shape
+            shape_key = self.varlen.shape_key(arrays)
         alone = self.alone(now)
         if inline_ok and alone and self.inline and self.inflight == 1 and not priority:
             if deadline and time.monotonic() > deadline:
@@ -330,7 +351,7 @@ class ModelVersion:
         ]
         self.batcher = Batcher(
             self.label, self._scheduler(), runners, names, self._batch_buffers, loop,
-            self._record_batch,
+            self._record_batch, self.varlen,
         )
         self.batcher.start()
         self.state = READY
@@ -339,6 +360,9 @@ class ModelVersion:
         stats = self.stats
         if timings.rows:
             stats.record_batch(timings.rows, timings.input_ns, timings.infer_ns, timings.output_ns)
+            if timings.padded_elements:
+                stats.varlen_real_elements += timings.real_elements
+                stats.varlen_padded_elements += timings.padded_elements
         for p in batch:
             if p.error is None:
                 stats.record_request(p.queue_ns, p.input_ns, p.infer_ns, p.output_ns)
