@@ -112,17 +112,24 @@ def start(
     environment: dict[str, str] | None = None,
     ports: dict[str, int] = PORTS,
     options: tuple[str, ...] = (),
+    host_network: bool = False,
 ) -> Container:
     """``podman run -d`` with each of ``ports`` (name -> container port) published on a
-    free 127.0.0.1 port. ``args`` follow the image's ENTRYPOINT (``serve ...``)."""
+    free 127.0.0.1 port. ``args`` follow the image's ENTRYPOINT (``serve ...``).
+    ``host_network``: the host's network namespace instead (no bridge, no NAT); the
+    server then listens on 127.0.0.1 at ``ports`` themselves."""
     name = f"tensorgate-{uuid.uuid4().hex[:10]}"
     cmd = ["run", "--detach", "--name", name, "--stop-timeout", "40"]
-    for port in ports.values():
-        cmd += ["--publish", f"127.0.0.1::{port}"]
     for volume in volumes:
         cmd += ["--volume", volume]
     for key, value in (environment or {}).items():
         cmd += ["--env", f"{key}={value}"]
+    if host_network:
+        cmd += ["--network", "host", "--env", "TENSORGATE_HOST=127.0.0.1"]
+        podman(*cmd, *options, image, *args)
+        return Container(name, dict(ports))
+    for port in ports.values():
+        cmd += ["--publish", f"127.0.0.1::{port}"]
     podman(*cmd, *options, image, *args)
     container = Container(name)
     try:
