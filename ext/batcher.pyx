@@ -218,6 +218,9 @@ cdef class Scheduler:
     cdef double _early_since
     cdef object _early_shape_key
     cdef object _last_shape_key   # shape_key of the last request queued
+    # Group mode (variable-length batching): a batch takes the queued requests of the
+    # head's shape_key wherever they are in the queue, not only the head's run.
+    cdef readonly bint group_by_shape
 
     def __cinit__(self, *args, **kwargs):
         cdef pthread_condattr_t attr
@@ -254,6 +257,7 @@ cdef class Scheduler:
         dict priority_policies=None,
         bint batching=True,
         Py_ssize_t hold_until=0,
+        bint group_by_shape=False,
     ):
         cdef _Level level
         cdef int number
@@ -304,6 +308,7 @@ cdef class Scheduler:
         self.priority_levels = priority_levels
         self.default_priority_level = default_priority_level
         self.batching = batching
+        self.group_by_shape = group_by_shape
         self._preferred_set = frozenset(preferred)
         self._max_preferred = max(preferred) if preferred else max_batch_size
         self._delay_s = max_queue_delay_us / 1e6
@@ -444,6 +449,25 @@ cdef class Scheduler:
             heappop(heap)
         return INFINITY
 
+    cdef list _take_shape(self, Py_ssize_t count, object shape_key):
+        """The first ``count`` live entries of ``shape_key``, in service order. The
+        others stay queued; taken entries left in a deque are skipped as not live and
+        dropped once they reach its head."""
+        cdef list batch = []
+        cdef Py_ssize_t index
+        cdef bint in_fifo
+        cdef _Entry entry
+        for index in range(len(self._queues)):
+            in_fifo = (index & 1) == 0
+            for entry in self._queues[index]:
+                if len(batch) >= count:
+                    break
+                if _live(entry, in_fifo) and entry.shape_key == shape_key:
+                    batch.append(entry)
+            if len(batch) >= count:
+                break
+        return [self._forget(entry, _TAKEN) for entry in batch]
+
     cdef list _take(self, Py_ssize_t count):
         cdef list batch = []
         cdef Py_ssize_t index = 0
@@ -522,7 +546,12 @@ cdef class Scheduler:
                     if grown > self._max_preferred and best == 0:
                         best = count
                         best_total = total
-                    if grown > self.max_batch_size or not (entry.shape_key == shape_key):
+                    if not (entry.shape_key == shape_key):
+                        if self.group_by_shape:
+                            continue  # another length bucket: it waits for its own batch
+                        stopped = True
+                        break
+                    if grown > self.max_batch_size:
                         stopped = True
                         break
                 count += 1
@@ -561,7 +590,7 @@ cdef class Scheduler:
             if earliest < wake_at:
                 wake_at = earliest
             return [], expired, wake_at
-        batch = self._take(take)
+        batch = self._take_shape(take, shape_key) if self.group_by_shape else self._take(take)
         if early:
             self._remember_early(taken_rows, oldest, shape_key)
         elif carry:
@@ -663,7 +692,8 @@ cdef class Scheduler:
                 self._flush = True
             # A request of another shape cannot join the batch forming ahead of it, so
             # that batch is as large as it will get (Triton sends it at once).
-            reshaped = self._size > 1 and not (shape_key == self._last_shape_key)
+            reshaped = (self._size > 1 and not self.group_by_shape
+                        and not (shape_key == self._last_shape_key))
             self._last_shape_key = shape_key
             if deadline > 0:
                 heappush(self._expiry, (deadline, _DEADLINE, self._seq, entry))

@@ -52,6 +52,25 @@ def test_max_batch_size_reached_dispatches_at_once():
     assert sched.poll(T0) == ([], [], us(10_000))
 
 
+def test_group_mode_batches_the_heads_shape_from_anywhere_in_the_queue():
+    """Variable-length batching: interleaved length buckets still batch by bucket; the
+    head's bucket goes first, the others keep their order and their own windows."""
+    sched = Scheduler(3, max_queue_delay_us=500, group_by_shape=True)
+    for i, bucket in enumerate([8, 16, 8, 32, 8, 16, 8]):
+        add(sched, f"{bucket}:{i}", at=us(i), shape=(bucket,))
+    assert sched.poll(us(10)) == (["8:0", "8:2", "8:4"], [], us(10))  # max batch size
+    # 16's window: 500 µs from its head; then each bucket waits out its own window.
+    assert sched.poll(us(10)) == ([], [], after(us(1), 500))
+    assert sched.poll(after(us(1), 500)) == (["16:1", "16:5"], [], after(us(1), 500))
+    assert sched.poll(after(us(1), 500)) == ([], [], after(us(3), 500))
+    assert sched.poll(after(us(3), 500)) == (["32:3"], [], after(us(3), 500))
+    assert sched.poll(after(us(6), 500)) == (["8:6"], [], INF)
+    plain = Scheduler(3, max_queue_delay_us=500)
+    for i, bucket in enumerate([8, 16, 8]):
+        add(plain, i, at=us(i), shape=(bucket,))
+    assert plain.poll(us(10)) == ([0], [], us(10))  # Triton's: the head's run only
+
+
 def test_waits_for_the_delay_then_dispatches_a_partial_batch():
     sched = Scheduler(8, max_queue_delay_us=500)
     add(sched, "a", rows=2, at=T0)

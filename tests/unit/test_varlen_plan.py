@@ -40,10 +40,14 @@ def _plan(params, batching="max_batch_size: 8 dynamic_batching { }", graph_in=GR
     return plan_from_config(_config(params, batching), INPUTS, OUTPUTS, graph_in, GRAPH_OUT)
 
 
-def test_outputs_follow_the_graphs_dimension_names_and_buckets_are_powers_of_two():
+def test_outputs_follow_the_graphs_dimension_names_and_buckets_grow_with_length():
     plan = _plan({"variable_length_batching": "ids:0,mask:0"})
     assert plan.outputs == {"tokens": 1}
-    assert [plan.bucket(n) for n in (1, 8, 9, 33, 64, 65)] == [8, 8, 16, 64, 64, 128]
+    # Default: two bounds per doubling, so padding stays a bounded fraction of length.
+    assert [plan.bucket(n) for n in (1, 8, 9, 33, 64, 65)] == [8, 8, 11, 45, 64, 91]
+    pow2 = _plan({"variable_length_batching": "ids:0,mask:0",
+                  "variable_length_buckets": "pow2"})
+    assert [pow2.bucket(n) for n in (1, 8, 9, 33, 64, 65)] == [8, 8, 16, 64, 64, 128]
     step = _plan({"variable_length_batching": "ids:0,mask:0",
                   "variable_length_buckets": "step:10"})
     assert [step.bucket(n) for n in (1, 10, 11)] == [10, 10, 20]
@@ -60,6 +64,8 @@ def test_outputs_follow_the_graphs_dimension_names_and_buckets_are_powers_of_two
     ({"variable_length_batching": "ids:x"}, None, "pad value 'x' of input 'ids'"),
     ({"variable_length_batching": "ids:0", "variable_length_buckets": "step:0"}, None,
      "step:N"),
+    ({"variable_length_batching": "ids:0", "variable_length_buckets": "pow2:9"}, None,
+     "pow2:N, N in 1..8"),
     ({"variable_length_batching": "ids:0", "variable_length_outputs": "pooled:3"}, None,
      "'pooled:3' is not an axis"),
     ({"variable_length_batching": "ids:0", "variable_length_outputs": "other:0"}, None,

@@ -49,6 +49,8 @@ class Scheduler:
     @property
     def batching(self) -> bool: ...
     @property
+    def group_by_shape(self) -> bool: ...
+    @property
     def size(self) -> int:
         """Queued requests, all levels."""
     @property
@@ -67,9 +69,12 @@ class Scheduler:
         priority_policies: dict[int, QueuePolicy] | None = None,
         batching: bool = True,
         hold_until: int = 0,
+        group_by_shape: bool = False,
     ) -> None:
         """hold_until > 0: dispatch nothing until that many requests are queued, once
-        (Triton's TRITONSERVER_DELAY_SCHEDULER test hook)."""
+        (Triton's TRITONSERVER_DELAY_SCHEDULER test hook). group_by_shape: a batch
+        takes the head's shape_key from anywhere in the queue, skipping other keys
+        (variable-length batching: one length bucket per batch)."""
     def enqueue(
         self,
         item: object,
