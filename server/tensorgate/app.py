@@ -39,6 +39,7 @@ from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.watch import RepositoryWatcher
 from tensorgate.routing import store as route_store
 from tensorgate.routing.manager import RouteManager
+from tensorgate.runtime.pipeline import PipelineVersion
 from tensorgate.runtime import heap
 from tensorgate.runtime import model as runtime_model
 from tensorgate.security.config import from_settings as security_from_settings
@@ -165,6 +166,9 @@ async def serve(settings: Settings) -> int:
     routes = RouteManager(repository, _state_file(settings, root))
     shared_memory = SystemSharedMemory(settings.allow_client_shm)
     dataplane = DataPlane(repository, security.limits, routes, shared_memory)
+    # Pipelines run their steps on this data plane and resolve them in this repository.
+    PipelineVersion.run_step = dataplane.run_prepared
+    PipelineVersion.resolve = repository.resolve
     if settings.request_log_sample_ratio > 0:
         dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
     service = InferenceService(

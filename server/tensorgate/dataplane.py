@@ -136,12 +136,14 @@ class DataPlane:
         tensors, _ = await self._run(model, request, ctx, span, route, index, None)
         return InferResult(model.name, model.version_str, request.id, tensors)
 
-    async def run_prepared(self, model, arrays, rows: int, shape_key) -> dict:
+    async def run_prepared(
+        self, model, arrays, rows: int, shape_key, deadline: float = 0.0
+    ) -> dict:
         """Run inputs already validated for another version (a shadow of a routed
-        request) and record it like any request; its outputs by name. Never inline on
-        the event loop, never mirrored again."""
+        request, a pipeline's step) and record it like any request; its outputs by
+        name. Never inline on the event loop, never mirrored again."""
         _, outputs = await self._run(
-            model, None, INTERNAL, None, None, 0, (arrays, rows, shape_key)
+            model, None, INTERNAL, None, None, 0, (arrays, rows, shape_key, deadline)
         )
         return outputs
 
@@ -181,8 +183,10 @@ class DataPlane:
                                  else classes_tensor(s, outputs[s.name], k, model))
                         tensors.append(entry if span is None else write_output(entry, span))
             else:
-                arrays, rows, shape_key = prepared
-                outputs = await model.run(arrays, rows, shape_key, 0, 0, 0.0, None, now, False)
+                arrays, rows, shape_key, deadline = prepared
+                outputs = await model.run(
+                    arrays, rows, shape_key, 0, 0, deadline, None, now, False
+                )
         except BaseException as exc:  # errors and cancellation both count as failures
             ns = _perf_ns() - started
             status = model.stats.record_failure(ns, exc)

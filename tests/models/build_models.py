@@ -762,6 +762,91 @@ def build_varlen_repository(root: Path) -> Path:
     return root
 
 
+# --------------------------------------------------------------------------- pipelines
+
+
+def _scale_add(name: str, scale: float, offset: float, dims=("batch", 4)) -> onnx.ModelProto:
+    """OUTPUT0 = INPUT0 * scale + offset, FP32."""
+    model = _model(
+        name,
+        [helper.make_node("Mul", ["INPUT0", "s"], ["m"]),
+         helper.make_node("Add", ["m", "o"], ["OUTPUT0"])],
+        [_vi("INPUT0", FP32, list(dims))], [_vi("OUTPUT0", FP32, list(dims))],
+        [helper.make_tensor("s", FP32, [], [scale]), helper.make_tensor("o", FP32, [], [offset])],
+    )
+    return model
+
+
+def _ensemble(name: str, steps: list[tuple[str, dict, dict]], inputs, outputs,
+              max_batch_size: int = 8) -> str:
+    """An ensemble's config.pbtxt: steps as (model, input_map, output_map)."""
+    text = f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
+    for tensor, dtype, dims in inputs:
+        text += _tensor_cfg("input", tensor, dtype, dims)
+    for tensor, dtype, dims in outputs:
+        text += _tensor_cfg("output", tensor, dtype, dims)
+    text += "ensemble_scheduling {\n"
+    for model, imap, omap in steps:
+        text += f'  step {{\n    model_name: "{model}"\n    model_version: -1\n'
+        for k, v in imap.items():
+            text += f'    input_map {{ key: "{k}" value: "{v}" }}\n'
+        for k, v in omap.items():
+            text += f'    output_map {{ key: "{k}" value: "{v}" }}\n'
+        text += "  }\n"
+    return text + "}\n"
+
+
+def build_pipeline_repository(root: Path) -> Path:
+    """Models ``double`` (x2) and ``add_one`` (+1), FP32 [-1, 4], batching; pipelines:
+    ``double_then_add`` (X -> double -> add_one -> Y), ``fan_out`` (X to both at once ->
+    A, B), and broken ones, each refused for one reason (``bad_*``)."""
+    root = Path(root)
+    batching = "max_batch_size: 8\ndynamic_batching { }\n"
+    for name, scale, offset in (("double", 2.0, 0.0), ("add_one", 1.0, 1.0)):
+        _write_model(root, name, _scale_add(name, scale, offset))
+        _write_config(root, name, f'name: "{name}"\n' + batching
+                      + _tensor_cfg("input", "INPUT0", "TYPE_FP32", [4])
+                      + _tensor_cfg("output", "OUTPUT0", "TYPE_FP32", [4]))
+    x = [("X", "TYPE_FP32", [4])]
+    pipelines = {
+        "double_then_add": _ensemble(
+            "double_then_add",
+            [("double", {"INPUT0": "X"}, {"OUTPUT0": "doubled"}),
+             ("add_one", {"INPUT0": "doubled"}, {"OUTPUT0": "Y"})],
+            x, [("Y", "TYPE_FP32", [4])]),
+        "fan_out": _ensemble(
+            "fan_out",
+            [("double", {"INPUT0": "X"}, {"OUTPUT0": "A"}),
+             ("add_one", {"INPUT0": "X"}, {"OUTPUT0": "B"})],
+            x, [("A", "TYPE_FP32", [4]), ("B", "TYPE_FP32", [4])]),
+        "bad_missing_model": _ensemble(
+            "bad_missing_model", [("nope", {"INPUT0": "X"}, {"OUTPUT0": "Y"})],
+            x, [("Y", "TYPE_FP32", [4])]),
+        "bad_dtype": _ensemble(
+            "bad_dtype", [("double", {"INPUT0": "X"}, {"OUTPUT0": "Y"})],
+            [("X", "TYPE_INT32", [4])], [("Y", "TYPE_FP32", [4])]),
+        "bad_unmapped": _ensemble(
+            "bad_unmapped", [("double", {}, {"OUTPUT0": "Y"})],
+            x, [("Y", "TYPE_FP32", [4])]),
+        "bad_cycle": _ensemble(
+            "bad_cycle",
+            [("double", {"INPUT0": "Z"}, {"OUTPUT0": "W"}),
+             ("add_one", {"INPUT0": "W"}, {"OUTPUT0": "Z"}),
+             ("add_one", {"INPUT0": "X"}, {"OUTPUT0": "Y"})],
+            x, [("Y", "TYPE_FP32", [4])]),
+        "bad_no_output": _ensemble(
+            "bad_no_output", [("double", {"INPUT0": "X"}, {"OUTPUT0": "Q"})],
+            x, [("Y", "TYPE_FP32", [4])]),
+        "bad_shape": _ensemble(
+            "bad_shape", [("double", {"INPUT0": "X"}, {"OUTPUT0": "Y"})],
+            [("X", "TYPE_FP32", [3])], [("Y", "TYPE_FP32", [4])]),
+    }
+    for name, text in pipelines.items():
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+        _write_config(root, name, text)
+    return root
+
+
 def main(argv: list[str]) -> int:
     builders = {"demo": build_demo_repository, "test": build_test_repository}
     if len(argv) != 2 or argv[0] not in builders:

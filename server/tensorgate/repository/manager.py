@@ -17,12 +17,14 @@ from tensorgate.errors import (
     ModelLoadError,
     ModelLoadFailed,
     NotFound,
+    TensorGateError,
     Unavailable,
 )
 from tensorgate.repository.config import parse_config
 from tensorgate.repository.layout import select_versions, versions_on_disk
 from tensorgate.repository.paths import ModelFiles, RepositoryPaths
 from tensorgate.runtime.model import LOADING, READY, UNAVAILABLE, UNLOADING, ModelVersion
+from tensorgate.runtime.pipeline import PipelineVersion, is_pipeline
 
 log = logging.getLogger("tensorgate.repository")
 
@@ -187,8 +189,19 @@ class ModelRepository:
     async def load_all(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         names = list(self.paths.model_dirs())
-        # A model that fails is logged and listed by RepositoryIndex; the rest serve.
-        await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        # Pipelines (ensembles) load after the models their steps run. A model that
+        # fails is logged and listed by RepositoryIndex; the rest serve.
+        pipelines = [n for n in names if self._is_pipeline(n)]
+        await asyncio.gather(*(self.load(n) for n in names if n not in pipelines),
+                             return_exceptions=True)
+        await asyncio.gather(*(self.load(n) for n in pipelines), return_exceptions=True)
+
+    def _is_pipeline(self, name: str) -> bool:
+        try:
+            files = self.paths.model_files(self.paths.model_dir(name))
+            return is_pipeline(parse_config(files.config()).config)
+        except (ModelLoadError, TensorGateError, OSError):
+            return False  # its own load reports what is wrong
 
     async def load_some(self, loop: asyncio.AbstractEventLoop, names) -> list[str]:
         """--model-control-mode explicit at start: the --load-model ones ('*': all);
@@ -252,11 +265,10 @@ class ModelRepository:
         to_load = [v for v in wanted if v not in kept]
         for version in to_load:
             entry.versions[version] = VersionState(LOADING)
+        loader = PipelineVersion.load if is_pipeline(parsed.config) else ModelVersion.load
         loaded = await asyncio.gather(
             *(
-                asyncio.to_thread(
-                    ModelVersion.load, name, v, files, parsed, self._default_max_batch_size
-                )
+                asyncio.to_thread(loader, name, v, files, parsed, self._default_max_batch_size)
                 for v in to_load
             ),
             return_exceptions=True,
