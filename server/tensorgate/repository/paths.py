@@ -158,3 +158,6 @@ class ModelFiles:
 
     def labels(self, filename: str) -> Path:
         return self.file(filename, what="label_filename")
+
+    def op_library(self, filename: str) -> Path:
+        return self.file(filename, what="model_operations op_library_filename")

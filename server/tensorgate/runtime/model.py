@@ -33,6 +33,7 @@ from tensorgate.runtime.session import (
     bool_param,
     create_session,
     instance_specs,
+    register_op_libraries,
     session_options,
 )
 from tensorgate.tensors import TensorSpec
@@ -168,6 +169,7 @@ class ModelVersion:
         groups.name = name
         _complete_instance_groups(groups)
         opts = session_options(parsed.config)
+        register_op_libraries(opts, parsed.config, files)  # custom ops, e.g. tokenizers
         sessions = [
             create_session(model_bytes, opts, spec, f"{name}:{version}")
             for spec in instance_specs(groups)

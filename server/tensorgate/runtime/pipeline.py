@@ -18,7 +18,9 @@ loaded; its inputs are all mapped and its outputs exist; every tensor a step rea
 an ensemble input or another step's output, of the same datatype and compatible
 dimensions; the ensemble's outputs are all produced and its inputs all used; no step
 waits on itself; batching agrees (an ensemble that batches needs steps that batch at
-least as large). At request time a step that fails answers with the step's name.
+least as large; an ensemble that does not batch may run steps that do: a tensor's
+first dimension is then their batch). At request time a step that fails answers with
+the step's name.
 """
 
 from __future__ import annotations
@@ -96,9 +98,9 @@ def plan_steps(config: mc.ModelConfig, resolve) -> list[list[Step]]:
     checked against the loaded models ``resolve(name, version)`` returns."""
     steps = [Step(i, s) for i, s in enumerate(config.ensemble_scheduling.step)]
     batching = config.max_batch_size > 0
-    # tensor -> (dtype, non-batch dims, who makes it)
+    # tensor -> (dtype, dims, who makes it, whether dims leave out a batch dimension)
     tensors: dict[str, tuple] = {
-        e.name: (mc.DataType.Name(e.data_type), tuple(e.dims), "ensemble input")
+        e.name: (mc.DataType.Name(e.data_type), tuple(e.dims), "ensemble input", batching)
         for e in config.input
     }
     models = {}
@@ -118,11 +120,6 @@ def plan_steps(config: mc.ModelConfig, resolve) -> list[list[Step]]:
             raise ModelLoadError(
                 f"ensemble {step.label}: max_batch_size {model.max_batch_size} is less than "
                 f"the ensemble's {config.max_batch_size} (a step must take every batch)"
-            )
-        if not batching and model.max_batch_size > 0:
-            raise ModelLoadError(
-                f"ensemble {step.label}: the model batches (max_batch_size "
-                f"{model.max_batch_size}) and the ensemble does not (max_batch_size 0)"
             )
         for name in step.input_map:
             if name not in model.inputs:
@@ -148,7 +145,8 @@ def plan_steps(config: mc.ModelConfig, resolve) -> list[list[Step]]:
                     f"ensemble {step.label}: tensor '{tensor}' is made twice (also by "
                     f"{tensors[tensor][2]})"
                 )
-            tensors[tensor] = (spec.dtype.config, spec.dims, step.label)
+            tensors[tensor] = (spec.dtype.config, spec.dims, step.label,
+                               model.max_batch_size > 0)
     waves: list[list[Step]] = []
     ready = {e.name for e in config.input}
     left = list(steps)
@@ -167,7 +165,14 @@ def plan_steps(config: mc.ModelConfig, resolve) -> list[list[Step]]:
         for step in wave:
             model = models[step.index]
             for name, tensor in step.input_map.items():
-                dtype, dims, maker = tensors[tensor]
+                dtype, dims, maker, batched = tensors[tensor]
+                if model.max_batch_size > 0 and not batched:
+                    dims = dims[1:]  # its first dimension is this step's batch
+                elif batched and model.max_batch_size == 0:
+                    raise ModelLoadError(
+                        f"ensemble {step.label}: '{step.model}' does not batch, but tensor "
+                        f"'{tensor}' from {maker} comes in batches"
+                    )
                 spec = model.inputs[name]
                 want = spec.dtype.config
                 if dtype != want:
@@ -230,10 +235,9 @@ class PipelineVersion(ModelVersion):
     async def run(self, arrays, rows, shape_key, priority=0, timeout_us=0, deadline=0.0,
                   span=None, now=0.0, inline_ok=True) -> dict[str, np.ndarray]:
         pool = dict(arrays)
-        batching = self.max_batch_size > 0
         for wave in self.waves:
             results = await asyncio.gather(
-                *(self._run_step(step, pool, rows, batching, deadline) for step in wave),
+                *(self._run_step(step, pool, deadline) for step in wave),
                 return_exceptions=True,
             )
             for result in results:
@@ -241,10 +245,11 @@ class PipelineVersion(ModelVersion):
                     raise result
         return {name: pool[name] for name in self.output_names}
 
-    async def _run_step(self, step: Step, pool: dict, rows: int, batching: bool,
-                        deadline: float) -> None:
+    async def _run_step(self, step: Step, pool: dict, deadline: float) -> None:
         try:
             model = type(self).resolve(step.model, step.version)
+            batching = model.max_batch_size > 0
+            rows = -1
             feed = {}
             for name, tensor in step.input_map.items():
                 value = pool[tensor]
@@ -255,6 +260,13 @@ class PipelineVersion(ModelVersion):
                         f"{value.dtype}"
                     )
                 body = value.shape[1:] if batching else value.shape
+                if batching:  # a step's batch is its inputs' first dimension
+                    if rows not in (-1, value.shape[0]):
+                        raise InvalidArgument(
+                            f"input '{name}' has batch size {value.shape[0]}, the inputs "
+                            f"before it {rows}"
+                        )
+                    rows = value.shape[0]
                 if not _compatible(spec.dims, tuple(body)):
                     raise InvalidArgument(
                         f"input '{name}' expects dims {list(spec.dims)}, tensor '{tensor}' "
@@ -263,7 +275,12 @@ class PipelineVersion(ModelVersion):
                 feed[name] = value
             variable = not all(model.inputs[n].fixed for n in feed)
             key = tuple(a.shape[1:] for a in feed.values()) if variable else None
-            outputs = await type(self).run_step(model, feed, rows, key, deadline)
+            if batching and not 1 <= rows <= model.max_batch_size:
+                raise InvalidArgument(
+                    f"batch size {rows} is not in 1..{model.max_batch_size} of "
+                    f"'{step.model}'"
+                )
+            outputs = await type(self).run_step(model, feed, max(rows, 1), key, deadline)
         except asyncio.CancelledError:
             raise
         except TensorGateError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -161,3 +162,44 @@ def create_session(
             "running on the CPU", label, spec.group, spec.gpu, ", ".join(session.get_providers()),
         )
     return session, ("cuda:%d" % spec.gpu) if got == CUDA else "cpu"
+
+
+# model_operations { op_library_filename: "onnxruntime_extensions" } names the custom-op
+# library of the onnxruntime-extensions package (tokenizers, string and audio ops) by
+# its package name, where it is installed.
+EXTENSIONS_LIBRARY = "onnxruntime_extensions"
+
+
+def register_op_libraries(opts: ort.SessionOptions, config: mc.ModelConfig, files) -> list[str]:
+    """Register the custom-op libraries of config ``model_operations`` (Triton's field)
+    with the session options; the paths registered. A file name is relative to the
+    model's directory and may not leave the repository; ``onnxruntime_extensions``
+    means that package's library."""
+    registered = []
+    for name in config.model_operations.op_library_filename:
+        if name == EXTENSIONS_LIBRARY:
+            try:
+                import onnxruntime_extensions
+            except ImportError:
+                raise ModelLoadError(
+                    "config.pbtxt model_operations op_library_filename "
+                    f"'{EXTENSIONS_LIBRARY}': the package is not installed "
+                    "(pip install onnxruntime-extensions)"
+                ) from None
+            path = onnxruntime_extensions.get_library_path()
+        else:
+            path = str(files.op_library(name))
+            if not Path(path).is_file():
+                raise ModelLoadError(
+                    f"config.pbtxt model_operations op_library_filename '{name}': no such "
+                    "file in the model's directory"
+                )
+        try:
+            opts.register_custom_ops_library(path)
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelLoadError(
+                f"config.pbtxt model_operations op_library_filename '{name}': cannot load "
+                f"it ({str(exc)[:200]})"
+            ) from None
+        registered.append(path)
+    return registered
