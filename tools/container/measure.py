@@ -3,7 +3,7 @@ through the container against the same server outside it (perf_analyzer, simple_
 batch-1 requests at concurrency 64, one run each).
 
     .venv/bin/python tools/container/measure.py [--image localhost/tensorgate:cpu]
-        [--ready-runs 3] [--concurrency 64] [--json out.json]
+        [--ready-runs 3] [--concurrency 64] [--rounds 1] [--json out.json]
 
 Without --image it builds this checkout's image (tools/container/build_image.sh). The
 model repository is the demo one (tests/models/build_models.py), mounted read-only; the
@@ -84,11 +84,41 @@ def wait_host(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
             time.sleep(0.1)
 
 
+WHERE = ("container", "container_host_network", "host")
+
+
+def _throughput(where: str, image: str, repo: Path, concurrency: int, out: Path) -> dict:
+    """Start one server, run perf_analyzer once against it, stop it."""
+    port = _free_port()
+    if where == "host":
+        proc = host_server(repo, port)
+        try:
+            wait_host(port, proc)
+            return perf_analyzer(f"127.0.0.1:{port}", concurrency, out)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    serve = ("serve", "--model-repository", "/models")
+    if where == "container":
+        kwargs: dict = {"ports": {"grpc": 8001}}
+    else:
+        serve += ("--grpc-port", str(port), "--http-port", "-1", "--metrics-port", "-1")
+        kwargs = {"ports": {"grpc": port}, "host_network": True}
+    container = support.start(image, *serve, volumes=(f"{repo}:/models:ro",), **kwargs)
+    try:
+        support.wait_serving(container)
+        return perf_analyzer(container.url(), concurrency, out)
+    finally:
+        container.remove()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", help="an image already built (default: build this checkout)")
     parser.add_argument("--ready-runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="perf_analyzer runs per server, interleaved (default 1)")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
     import build_models
@@ -105,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"image": image, "image_size_mb": round(support.image_size(image) / 1e6, 1)}
     volume = (f"{repo}:/models:ro",)
     serve = ("serve", "--model-repository", "/models")
-
     ready = []
     for _ in range(args.ready_runs):
         started = time.monotonic()
@@ -118,30 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     figures["ready_s"] = ready
     figures["ready_s_median"] = statistics.median(ready)
 
-    # Through a published port (podman's bridge and NAT, as `-p` deployments run), and
-    # in the host's network namespace (the image and runtime alone).
-    port = _free_port()
-    for where, kwargs in (
-        ("container", {"ports": {"grpc": 8001}}),
-        ("container_host_network", {"ports": {"grpc": port}, "host_network": True}),
-    ):
-        extra = () if where == "container" else ("--grpc-port", str(port), "--http-port",
-                                                 "-1", "--metrics-port", "-1")
-        container = support.start(image, *serve, *extra, volumes=volume, **kwargs)
-        try:
-            support.wait_serving(container)
-            figures[where] = perf_analyzer(container.url(), args.concurrency,
-                                           work / f"{where}.csv")
-        finally:
-            container.remove()
-    port = _free_port()
-    proc = host_server(repo, port)
-    try:
-        wait_host(port, proc)
-        figures["host"] = perf_analyzer(f"127.0.0.1:{port}", args.concurrency, work / "host.csv")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+    # Through a published port (podman's bridge and NAT, as `-p` deployments run), in
+    # the host's network namespace (the image and runtime alone), and outside any
+    # container. --rounds > 1 interleaves them, so load from elsewhere on the machine
+    # falls on all three alike; the figures are each one's median over the rounds.
+    runs: dict[str, list[dict]] = {where: [] for where in WHERE}
+    for round_ in range(args.rounds):
+        for where in WHERE:
+            csv_path = work / f"{where}-{round_}.csv"
+            runs[where].append(_throughput(where, image, repo, args.concurrency, csv_path))
+            print(f"round {round_ + 1} {where}: {runs[where][-1]}", flush=True)
+    for where in WHERE:
+        figures[where] = {key: statistics.median(r[key] for r in runs[where])
+                          for key in runs[where][0]}
+        figures[where]["runs"] = runs[where]
     figures["concurrency"] = args.concurrency
     host = figures["host"]["infer_per_s"]
     figures["throughput_ratio"] = round(figures["container"]["infer_per_s"] / host, 3)
@@ -150,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"image {image}: {figures['image_size_mb']} MB")
     print(f"podman run -> SERVING: {ready} s (median {figures['ready_s_median']} s)")
-    for where in ("container", "container_host_network", "host"):
+    for where in WHERE:
         f = figures[where]
         print(f"{where:22s} c={args.concurrency}: {f['infer_per_s']:,.0f} infer/s, "
-              f"p50 {f['p50_us']} us, p99 {f['p99_us']} us")
+              f"p50 {f['p50_us']:.0f} us, p99 {f['p99_us']:.0f} us "
+              f"(median of {len(f['runs'])})")
     print(f"throughput container / host: {figures['throughput_ratio']} through a published "
           f"port, {figures['throughput_ratio_host_network']} on the host network")
     if args.json:
