@@ -24,16 +24,19 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- python on the base
 FROM ${BASE_IMAGE} AS python
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
         apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    fi
+    fi \
+    && python3 -c 'import sys; assert sys.version_info >= (3, 11), "need Python 3.11+: " + sys.version'
 
 # ---------------------------------------------------------------- build: venv + wheel
 FROM python AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG DEBIAN_FRONTEND=noninteractive
 ARG ONNXRUNTIME=onnxruntime
 # Compilers, and grpc++ (found through pkg-config) for the native front end; Python's
 # headers where the base has none (Debian's python3 without python3-dev).
@@ -85,6 +88,7 @@ RUN find /opt/tensorgate -path '*/tensorgate/_ext/*.so' -exec ldd {} + \
 # ---------------------------------------------------------------- the server image
 FROM python
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG DEBIAN_FRONTEND=noninteractive
 COPY --from=build /opt/runtime-packages.txt /opt/runtime-packages.txt
 # hadolint ignore=DL3008
 RUN apt-get update \
