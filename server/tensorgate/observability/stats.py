@@ -92,6 +92,10 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    # Response cache (tensorgate.cache): hits (lookup time) and misses (lookup and
+    # insertion time), as Triton's InferStatistics cache_hit / cache_miss.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
     # gRPC status name -> failed requests; Triton reason -> failed requests
     fail_codes: dict[str, int] = field(default_factory=dict)
