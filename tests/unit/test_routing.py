@@ -297,9 +297,15 @@ def test_rollout_stages_and_auto_promote(tmp_path):
         m = _manager(tmp_path)
         m.set_route(_spec("r", ("a", "1", 100)))
         spec = pb.RolloutSpec(candidate_model="b", stages=[10, 100], hold_secs=0.15,
-                              auto_promote=True)
+                              auto_promote=True, guards=pb.Guards(min_requests=5))
         m.start_rollout("r", spec)
+        # No traffic: the stage's hold passes, but it waits for its requests, and says so.
+        await asyncio.sleep(0.5)
+        status = m.get_route("r").rollout
+        assert status.state == ro.RUNNING and status.stage == 0
+        assert status.waiting_for == "requests: 0 of 5 on the candidate"
         for _ in range(100):
+            m.table.routes["r"].stats[1].requests += 1  # the candidate is called
             await asyncio.sleep(0.05)
             if m.get_route("r").rollout.state == ro.PROMOTED:
                 break
@@ -318,7 +324,9 @@ def test_rollout_manual_promotion_and_pause(tmp_path):
         m = _manager(tmp_path)
         m.set_route(_spec("r", ("a", "1", 100)))
         m.start_rollout("r", pb.RolloutSpec(candidate_model="a", candidate_version="2",
-                                            stages=[100], hold_secs=0.1))
+                                            stages=[100], hold_secs=0.1,
+                                            guards=pb.Guards(min_requests=1)))
+        m.table.routes["r"].stats[1].requests += 1
         m.pause_rollout("r", resume=False)
         await asyncio.sleep(0.35)
         assert m.get_route("r").rollout.state == ro.PAUSED  # a pause holds the stage

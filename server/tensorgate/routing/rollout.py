@@ -12,8 +12,10 @@ Guards compare the candidate with the stable target over the current stage's win
 - p99 latency: above ``max_p99_ratio`` x stable's, or above ``max_p99_ms``;
 - shadow disagreement (when the route shadows the candidate): above ``max_disagreement``.
 
-A breach rolls back at once and records why (a routing event). The end is automatic
-promotion or AWAITING_PROMOTION (guards keep running) as configured.
+A breach rolls back at once and records why (a routing event). A stage advances only
+when it was held ``hold_secs`` and its candidate saw ``min_requests`` requests (the
+status says which it still waits for). The end is automatic promotion or
+AWAITING_PROMOTION (guards keep running) as configured.
 """
 
 from __future__ import annotations
@@ -166,6 +168,21 @@ class Rollout:
                     )
         return ""
 
+    def _stage_done(self, held: float) -> bool:
+        """Whether the current stage may advance; says what it waits for otherwise
+        (status.waiting_for, status.stage_requests)."""
+        route = self._variants()
+        n = self._cand.delta(route.stats[1])[0] if route is not None else 0
+        status = self.status
+        status.stage_requests = n
+        waits = []
+        if held < self.hold:
+            waits.append(f"hold: {self.hold - held:.0f} s of {self.hold:g} s left")
+        if n < self.min_requests:
+            waits.append(f"requests: {n} of {self.min_requests} on the candidate")
+        status.waiting_for = "; ".join(waits)
+        return not waits
+
     # -- the driver ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -195,7 +212,9 @@ class Rollout:
                         return
                     if self.status.state == RUNNING:
                         held += TICK_S
-                        if held >= self.hold:
+                        # A stage advances once it was held AND its candidate saw the
+                        # minimum traffic: a stage nobody called proves nothing.
+                        if self._stage_done(held):
                             break
                 if self.status.state != RUNNING:
                     return
