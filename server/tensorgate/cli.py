@@ -50,9 +50,27 @@ def _parser() -> argparse.ArgumentParser:
         "the optional extras installed.",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    test = verbs.add_parser(
+        "test",
+        help="run a model version's own tests (<version>/tests/tests.json) offline",
+        description="Load one model version as `serve` would (config, session options, "
+        "warm-up) and run its tests: the cases and slice checks of "
+        "<model>/<version>/tests/tests.json (see README, 'A version's own tests'). Exit 0 "
+        "when they pass (or there are none), 1 when one fails or the version does not "
+        "load, 2 for a bad argument.",
+    )
+    test.add_argument("--model-repository", required=True, metavar="DIR",
+                      help="the model repository")
+    test.add_argument("--model", required=True, help="the model's name")
+    test.add_argument("--version", type=int, default=None,
+                      help="the version (default: the highest on disk)")
+    test.add_argument("--json", action="store_true", help="print JSON instead of text")
     from tensorgate import routes_cli
 
     routes_cli.add_parser(verbs)
+    from tensorgate.batch import cli as batch_cli
+
+    batch_cli.add_parser(verbs)
     return parser
 
 
@@ -99,8 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_report(report)
         return 0
+    if args.verb == "test":
+        from tensorgate.runtime.version_tests import test_command
+
+        return test_command(args.model_repository, args.model, args.version, args.json)
     if args.verb == "routes":
         from tensorgate import routes_cli
 
         return routes_cli.main(args)
+    if args.verb == "batch":
+        from tensorgate.batch import cli as batch_cli
+
+        return batch_cli.main(args)
     return 2

@@ -29,6 +29,7 @@ from tensorgate.repository.config import (
     graph_tensors,
     _complete_instance_groups,
 )
+from tensorgate.runtime import version_tests
 from tensorgate.runtime.session import (
     bool_param,
     create_session,
@@ -201,6 +202,7 @@ class ModelVersion:
         if config.model_warmup:
             model._config_warm_up(files)  # raises ModelLoadError: never takes traffic
         model.run_us = model._warm_up()
+        model._run_version_tests(files)  # raises ModelLoadError: never takes traffic
         model.inline = (
             model.run_us is not None
             and model.run_us <= INLINE_MAX_US
@@ -221,6 +223,23 @@ class ModelVersion:
             " (runs inline when idle)" if model.inline else "",
         )
         return model
+
+    def _run_version_tests(self, files: ModelFiles) -> None:
+        """The version's own tests (``<version>/tests/tests.json``), on every instance."""
+        manifest = version_tests.manifest_path(files, self.version)
+        if not manifest.exists():
+            return
+        names = self.output_names
+        for i, session in enumerate(self._sessions):
+            def run(feed, session=session):
+                try:
+                    return dict(zip(names, session.run(names, feed)))
+                except Exception as exc:  # onnxruntime's own types
+                    raise ModelLoadError(
+                        f"version tests: instance {i} failed to run: {str(exc)[:300]}"
+                    ) from None
+            version_tests.gate(self, manifest.parent, run)
+        log.info("%s: version tests passed (%s)", self.label, manifest)
 
     def _config_warm_up(self, files: ModelFiles) -> None:
         """Run the config's ``model_warmup`` samples (Triton's semantics: zero_data,
