@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from tensorgate._proto import POOL
+from tensorgate.cache import ResponseCache
+from tensorgate.cache.remote import RedisTier
 from tensorgate.dataplane import DataPlane
 from tensorgate.diagnostics import warn_if_native_missing
 from tensorgate.grpc import control as control_grpc
@@ -35,6 +37,7 @@ from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.live_settings import LogSettings
 from tensorgate.observability.metrics import serve_metrics
+from tensorgate.repository import config as repository_config
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.watch import RepositoryWatcher
 from tensorgate.routing import store as route_store
@@ -165,7 +168,12 @@ async def serve(settings: Settings) -> int:
     # which is part of the installed package.
     routes = RouteManager(repository, _state_file(settings, root))
     shared_memory = SystemSharedMemory(settings.allow_client_shm)
-    dataplane = DataPlane(repository, security.limits, routes, shared_memory)
+    try:
+        cache = _response_cache(settings, repository)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    dataplane = DataPlane(repository, security.limits, routes, shared_memory, cache)
     # Pipelines run their steps on this data plane and resolve them in this repository.
     PipelineVersion.run_step = dataplane.run_prepared
     PipelineVersion.resolve = repository.resolve
@@ -246,7 +254,7 @@ async def serve(settings: Settings) -> int:
         try:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
-                hooks.events, routes, frontend,
+                hooks.events, routes, frontend, cache,
             )
         except OSError as exc:
             return give_up("metrics", settings.metrics_port, exc)
@@ -342,12 +350,30 @@ async def serve(settings: Settings) -> int:
     trimmer.stop()
     await routes.close()
     await repository.unload_all()
+    if cache is not None:
+        await cache.close()
     shared_memory.close()
     obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped")
     return 0
+
+
+def _response_cache(settings: Settings, repository: ModelRepository) -> ResponseCache | None:
+    """The response cache (--cache-size, --cache-redis-url), listening to the repository;
+    None when off. Models with response_cache { enable: true } load only with one."""
+    repository_config.RESPONSE_CACHE = settings.cache_size > 0
+    if settings.cache_size == 0:
+        return None
+    remote = None
+    if settings.cache_redis_url:
+        remote = RedisTier(settings.cache_redis_url, settings.cache_redis_ttl_secs)
+    cache = ResponseCache(settings.cache_size, repository, remote)
+    repository.listeners.append(cache)
+    log.info("response cache: %d bytes%s", settings.cache_size,
+             f", Redis at {remote.where} (TTL {settings.cache_redis_ttl_secs} s)" if remote else "")
+    return cache
 
 
 STREAM_GRACE_S = 1.0

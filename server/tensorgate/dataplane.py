@@ -6,9 +6,15 @@ into the codec's request object, builds one ``RequestContext`` for the call and 
 here knows a protocol or a call object. Shadow traffic runs through the same ``run``
 as live traffic.
 
-What happens around a request hangs on ``observers`` (request logs; later caches and
-drift monitors): each gets one ``Outcome`` per request that reached a model version.
+What happens around a request hangs on ``observers`` (request logs; later drift
+monitors): each gets one ``Outcome`` per request that reached a model version.
 A feature that is off is not on the list and costs nothing.
+
+The response cache (tensorgate.cache) sits between validation and the run: a version
+with ``response_cache { enable: true }`` answers a request it has answered before
+without running the model. Whether a version caches is decided once, on its first
+request (the ``response_cache`` attribute it then carries: None for every version when
+the server has no cache); after that a version without it pays one attribute read.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from tensorgate.cache import ResponseCache, request_key
 from tensorgate.context import INTERNAL, RequestContext
 from tensorgate.errors import InvalidArgument
 from tensorgate.observability.tracing import Tracing
@@ -76,12 +83,26 @@ def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
     return value
 
 
+def _answer(model, outputs: dict, chosen) -> list:
+    """The response tensors of a run: every output, or those ``chosen`` (with the
+    classification extension, and written into shared memory where asked)."""
+    if chosen is None:
+        return [response_tensor(s, outputs[s.name]) for s in model.output_specs]
+    tensors = []
+    for s, k, region in chosen:
+        entry = (response_tensor(s, outputs[s.name]) if not k
+                 else classes_tensor(s, outputs[s.name], k, model))
+        tensors.append(entry if region is None else write_output(entry, region))
+    return tensors
+
+
 class DataPlane:
     def __init__(
         self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS, routes=None,
-        shared_memory: SystemSharedMemory | None = None,
+        shared_memory: SystemSharedMemory | None = None, cache: ResponseCache | None = None,
     ) -> None:
         self.repository = repository
+        self.cache = cache  # the response cache (--cache-size), or None
         self.limits = limits
         self.routes = routes  # a routing.manager.RouteManager, or None
         # Regions clients registered (off: a registry that refuses to register any).
@@ -171,17 +192,20 @@ class DataPlane:
                     timeout_us = _int_parameter(params, "timeout", 0, 1 << 62)
                 if span is not None:
                     Tracing.describe(span, model, request.id)
-                outputs = await model.run(
-                    arrays, rows, shape_key, priority, timeout_us, ctx.deadline, span, now
-                )
-                if chosen is None:
-                    tensors = [response_tensor(s, outputs[s.name]) for s in model.output_specs]
+                try:
+                    cache = model.response_cache
+                except AttributeError:  # the version's first request decides
+                    cache = self._cache_of(model)
+                if cache is None:
+                    outputs = await model.run(
+                        arrays, rows, shape_key, priority, timeout_us, ctx.deadline, span, now
+                    )
+                    tensors = _answer(model, outputs, chosen)
                 else:
-                    tensors = []
-                    for s, k, span in chosen:
-                        entry = (response_tensor(s, outputs[s.name]) if not k
-                                 else classes_tensor(s, outputs[s.name], k, model))
-                        tensors.append(entry if span is None else write_output(entry, span))
+                    tensors, outputs = await self._cached(
+                        cache, model, request, arrays, chosen, span,
+                        (arrays, rows, shape_key, priority, timeout_us, ctx.deadline, span, now),
+                    )
             else:
                 arrays, rows, shape_key, deadline = prepared
                 outputs = await model.run(
@@ -205,6 +229,36 @@ class DataPlane:
                 self.routes.shadows.maybe_mirror(route, arrays, rows, shape_key, outputs, self)
         if self.observers:
             self._observe(model, request, ns, "OK", arrays, outputs, prepared)
+        return tensors, outputs
+
+    def _cache_of(self, model):
+        """Whether ``model`` caches answers, decided once (``model.response_cache``)."""
+        if self.cache is None:
+            model.response_cache = None
+            return None
+        return self.cache.attach(model)
+
+    @staticmethod
+    async def _cached(cache, model, request, arrays, chosen, span, run_args):
+        """The answer from the version's cache, else from the model (then kept); as
+        (tensors, outputs by name). Shared-memory requests bypass the cache."""
+        started = _perf_ns()  # the lookup's time includes hashing the request
+        digest = request_key(request, arrays, chosen)
+        if digest is None:
+            outputs = await model.run(*run_args)
+            return _answer(model, outputs, chosen), outputs
+        entry = cache.get(digest)
+        if entry is None and cache.remote is not None:
+            entry = await cache.fetch(digest)
+        if entry is not None:
+            cache.hit(_perf_ns() - started)
+            if span is not None:
+                span.set_attribute("tensorgate.cache_hit", True)
+            return entry.tensors, entry.outputs
+        cache.miss(_perf_ns() - started)
+        outputs = await model.run(*run_args)
+        tensors = _answer(model, outputs, chosen)
+        cache.put(digest, tensors)
         return tensors, outputs
 
     @staticmethod

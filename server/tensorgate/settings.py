@@ -21,7 +21,10 @@ CONTROL_MODES = ("auto", "none", "poll", "explicit")
 # Flags that take a list: repeated on the command line, comma-separated in the env.
 REPEATED = ("load_model",)
 # Flags with a second spelling (Triton's).
-ALIASES = {"strict_model_config": ("--disable-auto-complete-config",)}
+ALIASES = {
+    "strict_model_config": ("--disable-auto-complete-config",),
+    "cache_size": ("--cache-config", "--response-cache-byte-size"),
+}
 # Triton flags TensorGate has no field for, with what to use instead.
 TRITON_EQUIVALENTS = {
     "--exit-timeout-secs": "--shutdown-grace-secs",
@@ -39,8 +42,6 @@ TRITON_EQUIVALENTS = {
     "--backend-config": "per model: config.pbtxt parameters (e.g. intra_op_thread_count)",
     "--backend-directory": "TensorGate serves ONNX models with ONNX Runtime only",
     "--repoagent-directory": "repository agents are not supported",
-    "--cache-config": "no response cache yet",
-    "--response-cache-byte-size": "no response cache yet",
     "--pinned-memory-pool-byte-size": "not used: batches are gathered in host memory",
     "--cuda-memory-pool-byte-size": "not used: ONNX Runtime's CUDA arena per session",
     "--min-supported-compute-capability": "CUDA is used where ONNX Runtime's provider works",
@@ -58,6 +59,48 @@ TRITON_EQUIVALENTS = {
 
 def _doc(text: str, **extra: Any) -> dict:
     return {"doc": text, **extra}
+
+
+_BYTE_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_cache_size(raw: str) -> int:
+    """--cache-size: bytes, with an optional K/M/G/T suffix (powers of 1024: 64M, 1G,
+    64MiB); also Triton's spellings, --cache-config local,size=N and
+    --response-cache-byte-size N."""
+    text = raw.strip()
+    if "," in text or "=" in text:
+        kind, _, rest = text.partition(",")
+        kind = kind.strip()
+        if kind == "redis":
+            raise ValueError(
+                "cache_size: Triton's redis cache (--cache-config redis,...) is "
+                "--cache-redis-url redis://HOST:PORT/DB here, beside --cache-size"
+            )
+        if kind != "local":
+            raise ValueError(
+                f"cache_size: cache implementation {kind!r}: TensorGate has the local "
+                "cache (--cache-config local,size=N, or --cache-size N) and Redis "
+                "(--cache-redis-url)"
+            )
+        size = None
+        for item in rest.split(","):
+            key, _, value = item.partition("=")
+            if key.strip() != "size":
+                raise ValueError(
+                    f"cache_size: --cache-config local takes size=N only, got {item!r}"
+                )
+            size = value
+        if size is None:
+            raise ValueError("cache_size: --cache-config local needs size=N (bytes)")
+        text = size
+    match = _BYTE_SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(
+            f"cache_size: expected a size in bytes such as 1048576, 64M or 1G, got {raw!r}"
+        )
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
 
 
 @dataclass(frozen=True)
@@ -265,6 +308,31 @@ class Settings:
             "(glibc malloc_trim; a pass takes a few ms on its own thread); 0 = never."
         ),
     )
+    # -- response cache (server/tensorgate/cache; 0 / unset = off) --
+    cache_size: int = field(
+        default=0,
+        metadata=_doc(
+            "Response cache size in bytes (K, M, G, T suffixes are powers of 1024: 64M, "
+            "1G), shared by every model whose config.pbtxt has response_cache { enable: "
+            "true }, least recently used answers evicted first; 0 = no cache (such models "
+            "are refused). Triton's --cache-config local,size=N and "
+            "--response-cache-byte-size N are the same setting.",
+            parse=parse_cache_size,
+        ),
+    )
+    cache_redis_url: str = field(
+        default="",
+        metadata=_doc(
+            "redis://[:PASSWORD@]HOST:PORT/DB (or rediss://, unix://): a second cache tier "
+            "in Redis, shared by the replicas that name it, behind the local one "
+            "(--cache-size). A Redis that is down or slow makes lookups misses (a "
+            "warning at most every 30 s), never failed requests."
+        ),
+    )
+    cache_redis_ttl_secs: int = field(
+        default=3600,
+        metadata=_doc("How long an answer stored in Redis lives there, in seconds."),
+    )
     frontend: str = field(
         default="auto",
         metadata=_doc(
@@ -359,6 +427,23 @@ class Settings:
         ):
             if not 0 <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in 0..{high:g}, got {getattr(self, name)}")
+        if not 0 <= self.cache_size <= 1 << 40:
+            raise ValueError(f"cache_size must be in 0..{1 << 40} (1T), got {self.cache_size}")
+        if self.cache_redis_url:
+            if not self.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    "cache_redis_url must start with redis://, rediss:// or unix://, got "
+                    f"{self.cache_redis_url.split('@')[-1]!r}"
+                )
+            if self.cache_size == 0:
+                raise ValueError(
+                    "cache_redis_url needs cache_size > 0: the local cache in front of "
+                    "Redis (e.g. --cache-size 64M)"
+                )
+        if not 1 <= self.cache_redis_ttl_secs <= 30 * 86400:
+            raise ValueError(
+                f"cache_redis_ttl_secs must be in 1..{30 * 86400}, got {self.cache_redis_ttl_secs}"
+            )
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise ValueError(f"model_repository {str(self.model_repository)!r} is not a directory")
 
@@ -384,6 +469,9 @@ def _parse_value(f: dataclasses.Field, raw: str) -> Any:
         raise ValueError(f"{f.name}: expected a boolean, got {raw!r}")
     if f.name == "log_level":
         return raw.upper()
+    parse = f.metadata.get("parse")
+    if parse is not None:
+        return parse(raw)
     try:
         return typ(raw)
     except ValueError:

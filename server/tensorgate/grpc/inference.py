@@ -420,7 +420,8 @@ def _statistics(model) -> pb.ModelStatistics:
         execution_count=s.execution_count,
     )
     inf = out.inference_stats
-    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+                  "cache_hit", "cache_miss"):
         _duration(getattr(inf, field), getattr(s, field))
     for size, per in sorted(s.batches.items()):
         b = out.batch_stats.add(batch_size=size)

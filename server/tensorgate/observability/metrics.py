@@ -14,6 +14,14 @@ statistics (plain integers and bucket lists, see stats.py) at scrape time.
 
 Routes: per route and variant families (``route``, ``variant`` labels) come from
 route_metrics.py, registered beside these when routing is on.
+
+Response cache (``--cache-size``): Triton's per-model families
+(``nv_cache_num_hits_per_model``, ``nv_cache_num_misses_per_model``,
+``nv_cache_hit_duration_per_model``, ``nv_cache_miss_duration_per_model``) for the
+versions that cache, and, server-wide, Triton's ``nv_cache_num_entries``,
+``nv_cache_util``, ``nv_cache_num_lookups``/``hits``/``misses``/``evictions``,
+``nv_cache_lookup_duration``, ``nv_cache_insertion_duration`` (µs), with TensorGate's
+byte gauges and Redis counters (CacheCollector).
 """
 
 from __future__ import annotations
@@ -66,6 +74,19 @@ _COUNTERS: list[tuple[str, str, Callable]] = [
     ("tensorgate_varlen_padded_elements_total",
      "Variable-length batching: elements of padded inputs as run, padding included "
      "(padded / real - 1 is the padding overhead)", lambda s: s.varlen_padded_elements),
+]
+
+# Response cache, per version that caches (Triton's names; durations in µs).
+_CACHE_COUNTERS: list[tuple[str, str, Callable]] = [
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model",
+     lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of cache misses per model",
+     lambda s: s.cache_miss.count),
+    ("nv_cache_hit_duration_per_model",
+     "Total cache hit duration per model, in microseconds", lambda s: s.cache_hit.ns // 1000),
+    ("nv_cache_miss_duration_per_model",
+     "Total cache miss (lookup and insertion) duration per model, in microseconds",
+     lambda s: s.cache_miss.ns // 1000),
 ]
 
 # (metric name, help, which Buckets, scale from stored units to exposed units)
@@ -121,14 +142,18 @@ class StatsCollector:
         self._versions = versions
         self._events = events
 
-    def collect(self):
-        versions = list(self._versions())
-        for name, doc, read in _COUNTERS:
+    @staticmethod
+    def _counters(families, versions):
+        for name, doc, read in families:
             metric = _triton_counter(name, doc)
             for model in versions:
                 labels = {"model": model.name, "version": model.version_str}
                 metric.add_sample(name, labels, read(model.stats))
             yield metric
+
+    def collect(self):
+        versions = list(self._versions())
+        yield from self._counters(_COUNTERS, versions)
         failure = _triton_counter(
             "nv_inference_request_failure", "Number of failed inference requests, all batch sizes"
         )
@@ -175,6 +200,10 @@ class StatsCollector:
         yield pending
         yield depth
         yield inflight
+        # Versions that cache carry their VersionCache (tensorgate.cache) from load on.
+        cached = [m for m in versions if getattr(m, "response_cache", None) is not None]
+        if cached:
+            yield from self._counters(_CACHE_COUNTERS, cached)
         if self._events is not None:
             yield from self._model_events()
 
@@ -198,10 +227,61 @@ class StatsCollector:
         yield load
 
 
+class CacheCollector:
+    """The response cache as a whole (tensorgate.cache.ResponseCache)."""
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        cache = self.cache
+        lru = cache.lru
+        entries, used, capacity = len(lru), lru.bytes, lru.capacity
+        yield GaugeMetricFamily("nv_cache_num_entries", "Number of responses stored in the "
+                                "response cache", value=entries)
+        yield GaugeMetricFamily("nv_cache_util", "Cache utilization [0.0 - 1.0]",
+                                value=used / capacity if capacity else 0.0)
+        yield GaugeMetricFamily("tensorgate_cache_bytes", "Bytes the response cache holds "
+                                "(tensor data plus a fixed allowance per entry)", value=used)
+        yield GaugeMetricFamily("tensorgate_cache_capacity_bytes",
+                                "Response cache size (--cache-size)", value=capacity)
+        for name, doc, value in (
+            ("nv_cache_num_lookups", "Number of response cache lookups", cache.lookups),
+            ("nv_cache_num_hits", "Number of response cache hits", cache.hits),
+            ("nv_cache_num_misses", "Number of response cache misses", cache.misses),
+            ("nv_cache_num_evictions", "Number of response cache evictions", lru.evictions),
+            ("nv_cache_lookup_duration",
+             "Total cache lookup duration (hit and miss), in microseconds",
+             cache.lookup_ns // 1000),
+            ("nv_cache_insertion_duration", "Total cache insertion duration, in microseconds",
+             cache.insertion_ns // 1000),
+        ):
+            metric = _triton_counter(name, doc)
+            metric.add_sample(name, {}, value)
+            yield metric
+        remote = cache.remote
+        if remote is not None:
+            redis = CounterMetricFamily(
+                "tensorgate_cache_redis_operations",
+                "Response cache calls to Redis by outcome: get_hit, get_miss, get_error, "
+                "set_ok, set_error, skipped (Redis resting after a failure, or too many "
+                "calls in flight), corrupt (a value that did not decode)",
+                labels=["outcome"],
+            )
+            for outcome, value in (
+                ("get_hit", remote.hits), ("get_miss", remote.misses),
+                ("get_error", remote.errors), ("set_ok", remote.stored),
+                ("set_error", remote.store_errors), ("skipped", remote.skipped),
+                ("corrupt", remote.corrupt),
+            ):
+                redis.add_metric([outcome], value)
+            yield redis
+
+
 # prometheus_client writes "# TYPE x_total counter" for every counter, but Triton's
 # counters have no _total suffix, and their samples don't either: name the metadata as
 # the samples are named (as Triton's own /metrics does), so Prometheus types them.
-_TRITON_COUNTER_META = re.compile(rb"^# (HELP|TYPE) (nv_inference_\w+)_total ", re.M)
+_TRITON_COUNTER_META = re.compile(rb"^# (HELP|TYPE) (nv_(?:inference|cache)_\w+)_total ", re.M)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
@@ -288,17 +368,20 @@ class _Quiet(WSGIRequestHandler):
 
 def serve_metrics(
     host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None,
-    routes=None, frontend=None,
+    routes=None, frontend=None, cache=None,
 ):
     """Start the /metrics HTTP server in a thread; returns (server, bound port).
     ``routes``: a RouteManager whose route and variant families are exposed too;
-    ``frontend``: the native front end, whose counters are exposed too."""
+    ``frontend``: the native front end, whose counters are exposed too; ``cache``: the
+    response cache, likewise."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
     registry.register(TransportCollector())
     if frontend is not None:
         registry.register(NativeFrontendCollector(frontend))
+    if cache is not None:
+        registry.register(CacheCollector(cache))
     if routes is not None:
         from tensorgate.observability.route_metrics import RouteCollector
 

@@ -189,14 +189,19 @@ def complete_config(
     return config
 
 
+# Whether the server has a response cache (--cache-size > 0); set by the app at start.
+RESPONSE_CACHE = False
+
+
 def _check_unsupported(config: mc.ModelConfig) -> None:
     """Config features TensorGate does not implement refuse the model, naming the field:
     a model that seems to load but ignores part of its config is worse than one that
     does not load."""
-    if config.response_cache.enable:
+    if config.response_cache.enable and not RESPONSE_CACHE:
         raise ModelLoadError(
-            "config.pbtxt response_cache { enable: true }: TensorGate has no response cache "
-            "yet; remove the field to serve the model without one"
+            "config.pbtxt response_cache { enable: true }: the server has no response "
+            "cache; start it with --cache-size BYTES (e.g. 64M; Triton's --cache-config "
+            "local,size=N works too), or remove the field to serve the model without one"
         )
     accelerators = config.optimization.execution_accelerators
     for kind, entries in (("gpu", accelerators.gpu_execution_accelerator),
