@@ -25,6 +25,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS python
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG DEBIAN_FRONTEND=noninteractive
+# Every stage carries it: tools/container/build_image.sh prunes the untagged images
+# that earlier builds of this Dockerfile left, and nothing else.
+LABEL org.opencontainers.image.title=tensorgate
 # hadolint ignore=DL3008
 RUN if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
         apt-get update \
