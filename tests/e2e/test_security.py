@@ -172,7 +172,7 @@ def test_mutual_tls_requires_a_client_cert_from_the_ca(small_repo, certs):
 
 
 def test_tls_flags_must_come_together(small_repo, certs):
-    with pytest.raises(RuntimeError, match="tls_cert and tls_key must be given together"):
+    with pytest.raises(RuntimeError, match="--tls-cert and --tls-key must be given together"):
         with start_server(small_repo, "--tls-cert", str(certs["server_cert"])):
             pass
 
