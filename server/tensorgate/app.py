@@ -368,7 +368,8 @@ def _response_cache(settings: Settings, repository: ModelRepository) -> Response
         return None
     remote = None
     if settings.cache_redis_url:
-        remote = RedisTier(settings.cache_redis_url, settings.cache_redis_ttl_secs)
+        remote = RedisTier(settings.cache_redis_url, settings.cache_redis_ttl_secs,
+                           settings.cache_redis_timeout_ms / 1000)
     cache = ResponseCache(settings.cache_size, repository, remote)
     repository.listeners.append(cache)
     log.info("response cache: %d bytes%s", settings.cache_size,

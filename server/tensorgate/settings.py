@@ -333,6 +333,13 @@ class Settings:
         default=3600,
         metadata=_doc("How long an answer stored in Redis lives there, in seconds."),
     )
+    cache_redis_timeout_ms: float = field(
+        default=100.0,
+        metadata=_doc(
+            "Longest wait for Redis to connect or answer one call; past it the call "
+            "counts as failed (a miss) and Redis is left alone for a while."
+        ),
+    )
     frontend: str = field(
         default="auto",
         metadata=_doc(
@@ -440,6 +447,10 @@ class Settings:
                     "cache_redis_url needs cache_size > 0: the local cache in front of "
                     "Redis (e.g. --cache-size 64M)"
                 )
+        if not 1 <= self.cache_redis_timeout_ms <= 60_000:
+            raise ValueError(
+                f"cache_redis_timeout_ms must be in 1..60000, got {self.cache_redis_timeout_ms}"
+            )
         if not 1 <= self.cache_redis_ttl_secs <= 30 * 86400:
             raise ValueError(
                 f"cache_redis_ttl_secs must be in 1..{30 * 86400}, got {self.cache_redis_ttl_secs}"

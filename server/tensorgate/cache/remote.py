@@ -2,8 +2,8 @@
 
 redis-py's asyncio client (``redis.asyncio``), so the event loop never waits on a
 socket: a lookup is one GET awaited by the request that missed locally, a store is one
-SET with the TTL in a task nobody waits for. Every call has a short socket timeout and
-no retries. A Redis that fails (down, refusing, slow past the timeout) makes lookups
+SET with the TTL in a task nobody waits for. Every call has a short socket timeout
+(``--cache-redis-timeout-ms``, 100) and no retries. A Redis that fails (down, refusing, slow past the timeout) makes lookups
 misses and stores skipped, never failed requests: after a failure Redis is left alone
 for a while (1 s, doubling to 30 s while it keeps failing), and a WARNING says so at
 most every 30 s.
@@ -29,7 +29,7 @@ from tensorgate.dtypes import BY_WIRE
 log = logging.getLogger("tensorgate.cache")
 
 NAMESPACE = "tensorgate:rc1"  # rc1: this layout of keys and values
-TIMEOUT_S = 0.1  # connect and per-call socket timeout; a slower Redis counts as down
+TIMEOUT_S = 0.1  # connect and per-call socket timeout (--cache-redis-timeout-ms)
 MAX_CONNECTIONS = 256
 MAX_INFLIGHT = 128  # lookups and stores in flight at once; past it Redis is skipped
 BACKOFF_FIRST_S = 1.0
