@@ -160,7 +160,6 @@ class VersionCache:
         key = (self.serial, digest)
         if self.owner.lru.put(key, entry):
             self.keys.add(key)
-            self.owner.insertions += 1
 
 
 class ResponseCache:
@@ -175,7 +174,7 @@ class ResponseCache:
         self._serials = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
         # Server-wide counters (Triton's nv_cache_* families), read by the metrics thread.
-        self.lookups = self.hits = self.misses = self.insertions = 0
+        self.lookups = self.hits = self.misses = 0
         self.lookup_ns = self.insertion_ns = 0
 
     # -- versions -------------------------------------------------------------------
@@ -201,9 +200,6 @@ class ResponseCache:
     def looked(self, ns: int) -> None:
         self.lookups += 1
         self.lookup_ns += ns
-
-    def versions(self) -> list[VersionCache]:
-        return list(self._versions.values())
 
     def drop(self, cache: VersionCache) -> None:
         """A version left the serving table: its entries go, and none come back."""
