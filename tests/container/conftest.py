@@ -71,3 +71,40 @@ def model_repo(tmp_path_factory) -> Path:
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root
+
+
+@pytest.fixture
+def tls(tmp_path) -> Path:
+    """A directory with tls.crt (self-signed, for 127.0.0.1) and tls.key, readable by
+    the image's user, as a kubernetes.io/tls Secret mounts them."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tensorgate")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("tensorgate"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+        ]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    tls = tmp_path / "tls"
+    tls.mkdir(mode=0o755)
+    (tls / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tls / "tls.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    for path in tls.iterdir():
+        path.chmod(0o644)  # a test key: the container's user must read it
+    tls.chmod(0o755)
+    return tls

@@ -111,45 +111,9 @@ def test_serves_a_read_only_repository(running, model_repo):
     assert not (model_repo / ".tensorgate").exists()
 
 
-def _self_signed(tmp_path):
-    """A certificate for 127.0.0.1 and its key, readable by the image's user."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tensorgate")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("tensorgate"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-        ]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    tls = tmp_path / "tls"
-    tls.mkdir(mode=0o755)
-    (tls / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tls / "tls.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    for path in tls.iterdir():
-        path.chmod(0o644)  # a test key: the container's user must read it
-    tls.chmod(0o755)
-    return tls
-
-
-def test_healthcheck_follows_port_and_tls(running, tmp_path):
+def test_healthcheck_follows_port_and_tls(running, tls):
     """Another gRPC port and TLS, set the way a deployment sets them (environment): the
     image's HEALTHCHECK passes, so it probed that port over TLS; the default port fails."""
-    tls = _self_signed(tmp_path)
     container = running(
         ports={"grpc": 9443},
         volumes=(f"{tls}:/tls:ro",),

@@ -274,6 +274,7 @@ def test_canary_overlay_routes_on_a_real_server(tmp_path):
     pod = find(docs, "Deployment")["spec"]["template"]["spec"]
     inits = {c["name"]: c for c in pod["initContainers"]}
     repo = tmp_path / "repository"
+    repo.mkdir()  # the pod's emptyDir
     models = inits["models"]
     assert models["volumeMounts"] == [{"mountPath": models["command"][-1], "name": "models"}]
     command = [sys.executable, *models["command"][1:-1], str(repo)]
