@@ -13,7 +13,8 @@ and exit 1. --url, --token, --tls-ca and --timeout go before or after the action
   tensorgate routes delete NAME
   tensorgate routes rollout NAME MODEL[:VERSION] [--stages 5,25,50,100] [--hold-secs S]
                     [--auto-promote] [--max-error-rate R] [--max-p99-ratio R]
-                    [--max-p99-ms MS] [--max-disagreement R] [--min-requests N]
+                    [--max-p99-ms MS] [--max-disagreement R] [--max-drift PSI]
+                    [--min-requests N]
   tensorgate routes pause|resume|promote|rollback NAME [--reason TEXT]
   tensorgate routes events [NAME] [--limit N]
 """
@@ -96,6 +97,10 @@ def add_parser(verbs) -> None:
                    help="roll back when its p99 passes this many ms (0: off)")
     r.add_argument("--max-disagreement", type=float, default=0.0,
                    help="roll back when shadow disagreement passes this fraction (0: off)")
+    r.add_argument("--max-drift", type=float, default=0.0,
+                   help="roll back when the candidate's drift score (PSI against its "
+                        "profile), or its outputs' PSI against the stable's, passes this; "
+                        "needs drift profiles (0: off)")
     r.add_argument("--min-requests", type=int, default=0,
                    help="requests a stage needs before the guards judge it (default 0)")
     for name, text in (("pause", "hold a rollout at its stage"),
@@ -154,7 +159,7 @@ def _request(args, pb):
             guards=pb.Guards(max_error_rate=args.max_error_rate,
                              max_p99_ratio=args.max_p99_ratio, max_p99_ms=args.max_p99_ms,
                              max_disagreement=args.max_disagreement,
-                             min_requests=args.min_requests),
+                             max_drift=args.max_drift, min_requests=args.min_requests),
         )
         return "StartRollout", pb.StartRolloutRequest(route=args.name, spec=spec)
     if a in ("pause", "resume"):
@@ -214,6 +219,8 @@ def _output(reply, pb) -> dict:
         routes = [as_dict(r) for r in reply.routes]
     elif isinstance(reply, pb.ListEventsResponse):
         events = [as_dict(e) for e in reply.events]
+    elif isinstance(reply, pb.Route):  # GetRoute answers the route itself
+        routes = [as_dict(reply)]
     elif hasattr(reply, "route") and reply.HasField("route"):
         routes = [as_dict(reply.route)]
     return {"routes": routes, "events": events}

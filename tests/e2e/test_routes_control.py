@@ -44,6 +44,8 @@ def test_cli_set_list_switch_delete(server):
     rc, out, _ = _cli(server, "list")
     listed = json.loads(out)
     assert [r["name"] for r in listed["routes"]] == ["ab"] and listed["events"] == []
+    rc, out, _ = _cli(server, "get", "ab")
+    assert rc == 0 and json.loads(out)["routes"] == listed["routes"]
     rc, out, err = _cli(server, "set", "bad", "canary:1=50")
     assert rc == 1 and "INVALID_ARGUMENT" in err and "add up to 50" in err
     rc, out, err = _cli(server, "switch", "ab", "canary:2")
