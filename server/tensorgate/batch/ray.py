@@ -162,16 +162,26 @@ def run_on_ray(job, address: str, actors: int | None):
         raise BatchError(f"--output {layout.output} exists; --ray runs do not resume: give "
                          "--overwrite or a new --output")
     layout.prepare(True)
+    import logging
+
+    quiet = logging.getLogger("tensorgate.batch").getEffectiveLevel() > logging.INFO
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.WARNING)
     if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = job.progress
+        if quiet:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         if actors is None:
+            # A quarter of the CPUs stays free for Ray's read and write tasks: actors
+            # holding every CPU would leave nothing to feed them.
             cpus = int(ray.cluster_resources().get("CPU", 1))
-            actors = max(1, cpus // max(instances, 1))
+            actors = max(1, (cpus * 3 // 4) // max(instances, 1))
         paths = [str(f.path) for f in files]
         ds = getattr(ray.data, READERS[fmt])(paths)
         if plan.read_columns and fmt != "npy":

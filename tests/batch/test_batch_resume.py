@@ -1,0 +1,80 @@
+"""A run killed at random points (SIGKILL) and started again with the same arguments
+continues where it stopped; the final output has every input row exactly once."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_support import DEMO, assert_close, cli, oracle, read_output, start_cli
+
+ROWS = 100_000
+CHUNK = "256"  # many small commits, so kills land in every phase of one
+
+
+@pytest.fixture(scope="module")
+def mlp_input(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "in.parquet"
+    x = np.random.default_rng(4).standard_normal((ROWS, 16)).astype(np.float32)
+    pq.write_table(pa.table({"id": np.arange(ROWS),
+                             "INPUT0": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)}),
+                   path, row_group_size=10_000)
+    return path, oracle(DEMO, "simple_mlp", {"INPUT0": x})["OUTPUT0"]
+
+
+@pytest.mark.parametrize("output", ["out.parquet", "outdir"])
+def test_sigkill_at_random_points_then_resume(tmp_path, mlp_input, output):
+    path, want = mlp_input
+    out = tmp_path / output
+    args = ("--model", "simple_mlp", "--input", str(path), "--output", str(out),
+            "--chunk-rows", CHUNK)
+    rng = random.Random(f"{output}-{time.time_ns()}")
+    manifest = (out.with_name("out.parquet.parts") if output.endswith(".parquet") else out) / "_manifest.json"
+    partial = 0  # kills that left some chunks done and some not
+    for i in range(3):
+        proc = start_cli(*args)
+        time.sleep(rng.uniform(0.8, 2.0) + 0.6 * i)  # later runs: past the start-up
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if manifest.exists():
+            state = json.loads(manifest.read_text())
+            partial += bool(state["done"]) and not state["complete"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    table = read_output(out)
+    assert table.column("id").to_pylist() == list(range(ROWS))  # every row, once, in order
+    assert_close(np.array(table.column("OUTPUT0").to_pylist(), np.float32), want)
+    summary_path = out.with_name("out.summary.json") if output.endswith(".parquet") else out / "_summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["rows"] == ROWS and summary["rows_failed"] == 0
+    assert partial, "no kill landed in the middle of the run"
+    assert summary["rows_resumed"] > 0 and summary["rows_this_run"] < ROWS
+    if output.endswith(".parquet"):
+        assert not out.with_name("out.parquet.parts").exists()  # parts merged and removed
+    again = cli(*args)  # a finished job started again: nothing to do, same answer
+    assert again.returncode == 0, again.stderr
+    assert read_output(out).num_rows == ROWS
+
+
+def test_a_rerun_with_other_arguments_is_refused(tmp_path):
+    x = np.zeros((1000, 16), np.float32)
+    pq.write_table(pa.table({"id": np.arange(1000),
+                             "INPUT0": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)}),
+                   tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    args = ["--model", "simple_mlp", "--input", str(tmp_path / "in.parquet"), "--output", str(out)]
+    assert cli(*args, "--chunk-rows", "100").returncode == 0
+    refused = cli(*args, "--chunk-rows", "200")
+    assert refused.returncode == 2 and "chunk_rows" in refused.stderr
+    refused = cli(*args, "--chunk-rows", "100", "--passthrough", "")
+    assert refused.returncode == 2 and "passthrough" in refused.stderr
+    assert cli(*args, "--chunk-rows", "200", "--overwrite").returncode == 0
+    assert read_output(out).num_rows == 1000
