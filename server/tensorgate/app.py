@@ -34,6 +34,7 @@ from tensorgate.http.server import ssl_context as _http_ssl_context
 from tensorgate.http.service import HttpService
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import tracing as obs_tracing
+from tensorgate.observability.drift import DriftMonitor
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.live_settings import LogSettings
 from tensorgate.observability.metrics import serve_metrics
@@ -177,6 +178,7 @@ async def serve(settings: Settings) -> int:
     # Pipelines run their steps on this data plane and resolve them in this repository.
     PipelineVersion.run_step = dataplane.run_prepared
     PipelineVersion.resolve = repository.resolve
+    drift = _drift_monitor(settings, repository, dataplane)
     if settings.request_log_sample_ratio > 0:
         dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
     service = InferenceService(
@@ -350,6 +352,8 @@ async def serve(settings: Settings) -> int:
     trimmer.stop()
     await routes.close()
     await repository.unload_all()
+    if drift is not None:
+        drift.close()
     if cache is not None:
         await cache.close()
     shared_memory.close()
@@ -375,6 +379,20 @@ def _response_cache(settings: Settings, repository: ModelRepository) -> Response
     log.info("response cache: %d bytes%s", settings.cache_size,
              f", Redis at {remote.where} (TTL {settings.cache_redis_ttl_secs} s)" if remote else "")
     return cache
+
+
+def _drift_monitor(settings: Settings, repository: ModelRepository, dataplane: DataPlane
+                   ) -> DriftMonitor | None:
+    """Drift monitoring (observability/drift), listening to the repository: it reads
+    the profile.json of each version that loads and puts itself on the data plane's
+    observers only while some serving version has one. None with
+    --drift-sample-ratio 0."""
+    if settings.drift_sample_ratio <= 0:
+        return None
+    drift = DriftMonitor(repository, dataplane.observers, settings.drift_window_secs,
+                         settings.drift_window_rows, settings.drift_sample_ratio)
+    repository.listeners.append(drift)
+    return drift
 
 
 STREAM_GRACE_S = 1.0

@@ -59,19 +59,57 @@ def _parser() -> argparse.ArgumentParser:
         "when they pass (or there are none), 1 when one fails or the version does not "
         "load, 2 for a bad argument.",
     )
-    test.add_argument("--model-repository", required=True, metavar="DIR",
-                      help="the model repository")
-    test.add_argument("--model", required=True, help="the model's name")
-    test.add_argument("--version", type=int, default=None,
-                      help="the version (default: the highest on disk)")
+    _version_arguments(test)
     test.add_argument("--json", action="store_true", help="print JSON instead of text")
+    profile = verbs.add_parser(
+        "profile",
+        help="write a model version's drift reference profile (<version>/profile.json) "
+        "from reference data",
+        description="Load one model version as `serve` would, run the reference data "
+        "through it and write <model>/<version>/profile.json: per input and output "
+        "feature a histogram (quantile bins), summary statistics and a sample (see "
+        "README, 'Drift monitoring'). A served version with a profile is monitored for "
+        "drift. Exit 0 when written, 1 when the data or the version fails, 2 for a bad "
+        "argument.",
+    )
+    _version_arguments(profile)
+    profile.add_argument("--data", required=True, metavar="PATH",
+                         help="reference inputs: .npz (arrays named as the inputs), .npy "
+                         "(one input), or with pyarrow .parquet, .csv, .jsonl (a column "
+                         "per input)")
+    profile.add_argument("--output", metavar="PATH", default=None,
+                         help="where to write (default: <model>/<version>/profile.json)")
+    profile.add_argument("--bins", type=int, default=10,
+                         help="histogram bins per feature, at reference quantiles "
+                         "(default: 10)")
+    profile.add_argument("--sample", type=int, default=1000,
+                         help="reference values kept per feature for the KS statistic "
+                         "(default: 1000)")
+    profile.add_argument("--categories", type=int, default=20,
+                         help="BYTES tensors: most frequent values kept, the rest "
+                         "counted as other (default: 20)")
+    profile.add_argument("--max-rows", type=int, default=100_000,
+                         help="read at most this many rows of the data (default: 100000)")
+    profile.add_argument("--json", action="store_true", help="print JSON instead of text")
     from tensorgate import routes_cli
 
     routes_cli.add_parser(verbs)
     from tensorgate.batch import cli as batch_cli
 
     batch_cli.add_parser(verbs)
+    from tensorgate import optimize
+
+    optimize.add_parser(verbs)
     return parser
+
+
+def _version_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-repository, --model, --version: one version on disk (test, profile)."""
+    parser.add_argument("--model-repository", required=True, metavar="DIR",
+                        help="the model repository")
+    parser.add_argument("--model", required=True, help="the model's name")
+    parser.add_argument("--version", type=int, default=None,
+                        help="the version (default: the highest on disk)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         from tensorgate.runtime.version_tests import test_command
 
         return test_command(args.model_repository, args.model, args.version, args.json)
+    if args.verb == "profile":
+        from tensorgate.observability.drift.profile import profile_command
+
+        return profile_command(args.model_repository, args.model, args.version, args.data,
+                               args.output, args.bins, args.sample, args.categories,
+                               args.max_rows, args.json)
     if args.verb == "routes":
         from tensorgate import routes_cli
 
@@ -129,4 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         from tensorgate.batch import cli as batch_cli
 
         return batch_cli.main(args)
+    if args.verb == "optimize":
+        from tensorgate import optimize
+
+        return optimize.main(args)
     return 2

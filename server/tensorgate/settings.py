@@ -181,6 +181,26 @@ class Settings:
         default=0.0,
         metadata=_doc("Fraction of inference requests logged (logger tensorgate.requests)."),
     )
+    # -- drift monitoring (observability/drift; only versions with a profile.json) --
+    drift_window_secs: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Drift windows close after this many seconds or --drift-window-rows rows, "
+            "whichever comes first (a window of fewer than 100 rows is extended instead); "
+            "PSI and KS are computed per closed window."
+        ),
+    )
+    drift_window_rows: int = field(
+        default=5000,
+        metadata=_doc("Rows per drift window at most (see --drift-window-secs)."),
+    )
+    drift_sample_ratio: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Fraction of requests to versions with a drift profile that are summarised "
+            "(0 = drift monitoring off, profiles are then not read)."
+        ),
+    )
     trace_exporter: str = field(
         default="",
         metadata=_doc(
@@ -398,6 +418,16 @@ class Settings:
             ratio = getattr(self, name)
             if ratio is not None and not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name} must be in 0..1, got {ratio}")
+        if not 0.0 <= self.drift_sample_ratio <= 1.0:
+            raise ValueError(f"drift_sample_ratio must be in 0..1, got {self.drift_sample_ratio}")
+        if not 0.1 <= self.drift_window_secs <= 86400:
+            raise ValueError(
+                f"drift_window_secs must be in 0.1..86400, got {self.drift_window_secs}"
+            )
+        if not 10 <= self.drift_window_rows <= 10_000_000:
+            raise ValueError(
+                f"drift_window_rows must be in 10..10000000, got {self.drift_window_rows}"
+            )
         if not 1 <= self.default_max_batch_size <= 1 << 20:
             raise ValueError(
                 f"default_max_batch_size must be in 1..{1 << 20}, got {self.default_max_batch_size}"

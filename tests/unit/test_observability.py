@@ -219,5 +219,11 @@ def test_grafana_dashboard_uses_only_metrics_we_expose():
     stats = VersionStats()
     stats.record_failure(1, InvalidArgument("x"))
     registry.register(StatsCollector(lambda: [_version(stats=stats)], events))
+    from tensorgate.observability.metrics import DriftCollector
+
+    window = SimpleNamespace(score=0.3, rows=10, psi={"X[0]": 0.3}, ks={"X[0]": 0.2})
+    monitored = SimpleNamespace(drift_monitor=SimpleNamespace(
+        name="m", version="1", rows_total=10, dropped=0, windows=1, last=window))
+    registry.register(DriftCollector(lambda: [monitored]))
     exposed = set(re.findall(r"^(\w+)[{ ]", exposition(registry).decode(), re.M))
     assert used and used <= exposed, used - exposed

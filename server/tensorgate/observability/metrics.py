@@ -22,6 +22,10 @@ versions that cache, and, server-wide, Triton's ``nv_cache_num_entries``,
 ``nv_cache_util``, ``nv_cache_num_lookups``/``hits``/``misses``/``evictions``,
 ``nv_cache_lookup_duration``, ``nv_cache_insertion_duration`` (µs), with TensorGate's
 byte gauges and Redis counters (CacheCollector).
+
+Drift (versions with a profile.json, observability/drift): ``tensorgate_drift_psi`` and
+``tensorgate_drift_ks`` per feature, ``tensorgate_drift_score`` per version (the last
+closed window's values), rows monitored, samples dropped, windows (DriftCollector).
 """
 
 from __future__ import annotations
@@ -278,6 +282,56 @@ class CacheCollector:
             yield redis
 
 
+class DriftCollector:
+    """Drift monitoring, for the serving versions that carry a monitor
+    (``drift_monitor``, observability/drift): the last closed window's PSI and KS per
+    feature and score per version, and counters. Nothing for versions without one."""
+
+    def __init__(self, versions: Callable[[], Iterable]) -> None:
+        self._versions = versions
+
+    def collect(self):
+        monitors = [m for m in (getattr(v, "drift_monitor", None) for v in self._versions())
+                    if m is not None]
+        if not monitors:
+            return
+        feature = LABELS + ["feature"]
+        psi = GaugeMetricFamily(
+            "tensorgate_drift_psi", "Population stability index of a feature in the last "
+            "closed drift window against the version's profile", labels=feature)
+        ks = GaugeMetricFamily(
+            "tensorgate_drift_ks", "Kolmogorov-Smirnov statistic of a numeric feature in "
+            "the last closed drift window against the profile's sample", labels=feature)
+        score = GaugeMetricFamily(
+            "tensorgate_drift_score", "The largest feature PSI of the last closed drift "
+            "window", labels=LABELS)
+        window_rows = GaugeMetricFamily(
+            "tensorgate_drift_window_rows", "Rows in the last closed drift window",
+            labels=LABELS)
+        rows = CounterMetricFamily(
+            "tensorgate_drift_rows", "Rows summarised for drift monitoring", labels=LABELS)
+        dropped = CounterMetricFamily(
+            "tensorgate_drift_dropped", "Sampled requests not summarised because the drift "
+            "queue was full", labels=LABELS)
+        windows = CounterMetricFamily(
+            "tensorgate_drift_windows", "Drift windows closed", labels=LABELS)
+        for m in monitors:
+            labels = [m.name, m.version]
+            rows.add_metric(labels, m.rows_total)
+            dropped.add_metric(labels, m.dropped)
+            windows.add_metric(labels, m.windows)
+            last = m.last  # one read: the drift thread replaces it whole
+            if last is None:
+                continue
+            score.add_metric(labels, last.score)
+            window_rows.add_metric(labels, last.rows)
+            for name, value in last.psi.items():
+                psi.add_metric(labels + [name], value)
+            for name, value in last.ks.items():
+                ks.add_metric(labels + [name], value)
+        yield from (psi, ks, score, window_rows, rows, dropped, windows)
+
+
 # prometheus_client writes "# TYPE x_total counter" for every counter, but Triton's
 # counters have no _total suffix, and their samples don't either: name the metadata as
 # the samples are named (as Triton's own /metrics does), so Prometheus types them.
@@ -378,6 +432,7 @@ def serve_metrics(
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
     registry.register(TransportCollector())
+    registry.register(DriftCollector(versions))
     if frontend is not None:
         registry.register(NativeFrontendCollector(frontend))
     if cache is not None:

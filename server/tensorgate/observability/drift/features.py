@@ -1,0 +1,152 @@
+"""Which features a version's tensors have, and their values for a batch of rows.
+
+The same code summarises the reference data (``tensorgate profile``) and the served
+requests (the monitor's background thread), so the two are compared like for like.
+Per tensor, inputs and outputs alike:
+
+- a numeric tensor of at most ``ELEMENTWISE_MAX`` elements per row (fixed dims): one
+  feature per element position, ``NAME[i]`` (i: the flat position within the row);
+- a larger or variable-shape numeric tensor (images, embeddings, token ids): per-row
+  summaries, ``NAME:mean`` and ``NAME:norm`` (L2), plus ``NAME:length`` (elements in
+  the row) when a dimension is variable;
+- a BYTES tensor: every element counts once (pooled over a row's elements),
+  ``NAME:length`` (its UTF-8 byte length) and ``NAME:category`` (which of the
+  reference's most frequent values it is, or "other").
+
+A row is one row of the batch dimension; for a model without batching
+(max_batch_size 0) the whole tensor is one row. An extractor turns a list of a
+tensor's arrays (rows first) into one float64 matrix, a column per feature (category
+codes as numbers), with one numpy pass per list where the arrays' shapes agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ELEMENTWISE_MAX = 32
+
+ELEMENT, MEAN, NORM, LENGTH, BYTES_LENGTH, CATEGORY = (
+    "element", "mean", "norm", "length", "bytes_length", "category",
+)
+KINDS = (ELEMENT, MEAN, NORM, LENGTH, BYTES_LENGTH, CATEGORY)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str  # e.g. "INPUT0[3]", "IMAGE:mean", "TEXT:category"
+    source: str  # "input" or "output"
+    tensor: str
+    kind: str  # one of KINDS
+    index: int = -1  # ELEMENT: the flat position within a row
+
+
+def plan(inputs: dict, outputs: dict) -> list[Feature]:
+    """The features of a version from its tensor specs (tensors.TensorSpec by name)."""
+    features = []
+    for source, specs in (("input", inputs), ("output", outputs)):
+        for name, spec in specs.items():
+            if spec.dtype.wire == "BYTES":
+                features += [Feature(f"{name}:length", source, name, BYTES_LENGTH),
+                             Feature(f"{name}:category", source, name, CATEGORY)]
+                continue
+            count = math.prod(spec.dims) if spec.fixed else -1
+            if 0 < count <= ELEMENTWISE_MAX:
+                features += [Feature(f"{name}[{i}]", source, name, ELEMENT, i)
+                             for i in range(count)]
+                continue
+            features += [Feature(f"{name}:mean", source, name, MEAN),
+                         Feature(f"{name}:norm", source, name, NORM)]
+            if not spec.fixed:
+                features.append(Feature(f"{name}:length", source, name, LENGTH))
+    return features
+
+
+class Extractor:
+    """The features of one tensor, computed together; ``columns`` in matrix order."""
+
+    def __init__(self, source: str, tensor: str, features: list[Feature],
+                 categories: list[str] | None = None) -> None:
+        self.source = source
+        self.tensor = tensor
+        self.features = list(features)
+        self.bytes = any(f.kind in (BYTES_LENGTH, CATEGORY) for f in features)
+        self._elements = np.array([f.index for f in features if f.kind == ELEMENT], np.intp)
+        self.categories = list(categories or [])
+        self._codes = {c: i for i, c in enumerate(self.categories)}
+        self._kinds = [f.kind for f in features]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def matrix(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """(observations, features) float64 for arrays of this tensor, rows first."""
+        if not arrays:
+            return np.empty((0, len(self.features)))
+        if self.bytes:
+            return self._bytes_matrix(arrays)
+        first = arrays[0].shape[1:]
+        if all(a.shape[1:] == first for a in arrays):
+            rows = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+            return self._numeric(rows)
+        return np.concatenate([self._numeric(a) for a in arrays])
+
+    def _numeric(self, array: np.ndarray) -> np.ndarray:
+        n = array.shape[0]
+        flat = array.reshape(n, -1)
+        if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:  # ints, bool, FP16
+            flat = flat.astype(np.float64)
+        out = np.empty((n, len(self._kinds)))
+        if len(self._elements):
+            if flat.shape[1] <= self._elements.max():  # fewer elements than profiled
+                out[:, : len(self._elements)] = np.nan
+            else:
+                out[:, : len(self._elements)] = flat[:, self._elements]
+        width = flat.shape[1]
+        for j, kind in enumerate(self._kinds):
+            # einsum: numpy's own SIMD loops, one pass each (no BLAS threads, no temporaries)
+            if kind == MEAN:
+                out[:, j] = np.einsum("ij->i", flat) / width if width else np.nan
+            elif kind == NORM:
+                out[:, j] = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+            elif kind == LENGTH:
+                out[:, j] = width
+        return out
+
+    def _bytes_matrix(self, arrays: list[np.ndarray]) -> np.ndarray:
+        values = [v for a in arrays for v in a.reshape(-1)]
+        out = np.empty((len(values), len(self._kinds)))
+        other = len(self.categories)
+        codes = self._codes
+        texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                 for v in values]
+        for j, kind in enumerate(self._kinds):
+            if kind == BYTES_LENGTH:
+                out[:, j] = [len(v) if isinstance(v, bytes) else len(t.encode())
+                             for v, t in zip(values, texts)]
+            else:
+                out[:, j] = [codes.get(t, other) for t in texts]
+        return out
+
+
+def extractors(features: list[Feature], categories: dict[str, list[str]] | None = None
+               ) -> list[Extractor]:
+    """One extractor per (source, tensor), in the order features name them;
+    ``categories``: the reference categories of BYTES tensors by tensor name."""
+    grouped: dict[tuple[str, str], list[Feature]] = {}
+    for f in features:
+        grouped.setdefault((f.source, f.tensor), []).append(f)
+    out = []
+    for (source, tensor), group in grouped.items():
+        # elementwise features first: _numeric fills them as one block
+        group.sort(key=lambda f: f.kind != ELEMENT)
+        out.append(Extractor(source, tensor, group, (categories or {}).get(tensor)))
+    return out
+
+
+def rows_first(array: np.ndarray, batched: bool) -> np.ndarray:
+    """A tensor as rows: itself when the model batches, one row when it does not."""
+    return array if batched else array.reshape((1,) + array.shape)
