@@ -10,7 +10,12 @@ Guards compare the candidate with the stable target over the current stage's win
   candidate failure, so callers see at most ``min_requests`` candidate errors (plus
   requests already in flight) before the route is back on stable;
 - p99 latency: above ``max_p99_ratio`` x stable's, or above ``max_p99_ms``;
-- shadow disagreement (when the route shadows the candidate): above ``max_disagreement``.
+- shadow disagreement (when the route shadows the candidate): above ``max_disagreement``;
+- drift (``max_drift``, a PSI; versions with a drift profile, observability/drift): the
+  candidate's drift score against its own profile in its last drift window, or the PSI
+  of its output features against the stable target's over both last windows (when
+  both are monitored), judged on windows that closed in the current stage. A stage then
+  also waits for one such candidate window before it advances.
 
 A breach rolls back at once and records why (a routing event). A stage advances only
 when it was held ``hold_secs`` and its candidate saw ``min_requests`` requests (the
@@ -22,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from tensorgate.errors import TensorGateError
+from tensorgate.observability.drift import prediction_drift
 from tensorgate.observability.stats import LATENCY_BOUNDS_NS
 
 log = logging.getLogger("tensorgate.routing")
@@ -86,7 +94,11 @@ class Rollout:
         self.max_p99_ratio = g.max_p99_ratio
         self.max_p99_ms = g.max_p99_ms
         self.max_disagreement = g.max_disagreement
+        self.max_drift = g.max_drift if g.max_drift > 0 else 0.0
         self.task: asyncio.Task | None = None
+        self._opened = 0.0  # time.monotonic() at the stage's start (drift windows)
+        self._drift_judged: tuple = ()  # the windows last compared, and the verdict
+        self._drift_warned = False
         self._cand = self._stable = None  # Windows
         self._shadow = (0, 0)  # (compared, agree) at window start
 
@@ -98,6 +110,7 @@ class Rollout:
             return
         self._cand = Window(route.stats[1])
         self._stable = Window(route.stats[0])
+        self._opened = time.monotonic()
         s = route.shadow.stats if route.shadow is not None else None
         self._shadow = (s.compared, s.agree) if s is not None else (0, 0)
 
@@ -155,6 +168,10 @@ class Rollout:
                         f"p99 guard: candidate p99 {p99 / 1e6:g} ms vs stable {sp99 / 1e6:g} ms "
                         f"(allowed ratio {self.max_p99_ratio:g})"
                     )
+        if self.max_drift:
+            reason = self._check_drift(route)
+            if reason:
+                return reason
         shadow = route.shadow
         if self.max_disagreement and shadow is not None and shadow.model == route.targets[1].model:
             compared = shadow.stats.compared - self._shadow[0]
@@ -168,6 +185,51 @@ class Rollout:
                     )
         return ""
 
+    def _drift_monitors(self, route):
+        """(candidate's, stable's) drift monitors; None for a version without one."""
+        found = []
+        for target in (route.targets[1], route.targets[0]):
+            try:
+                model = self.manager.repository.resolve(target.model, target.version)
+            except TensorGateError:
+                model = None
+            found.append(getattr(model, "drift_monitor", None))
+        if found[0] is None and not self._drift_warned:
+            self._drift_warned = True
+            log.warning("route %s: max_drift is set but the candidate %s:%s has no drift "
+                        "profile (or drift monitoring is off): the drift guard cannot "
+                        "judge", self.route, route.targets[1].model,
+                        route.targets[1].version or "default")
+        return found[0], found[1]
+
+    def _check_drift(self, route) -> str:
+        cand, stable = self._drift_monitors(route)
+        window = cand.last if cand is not None else None
+        if window is None or window.ended < self._opened:
+            return ""
+        if window.score > self.max_drift:
+            return (
+                f"drift guard: candidate {cand.label}: feature {window.worst} PSI "
+                f"{window.score:.3f} against its profile over {window.rows} rows (limit "
+                f"{self.max_drift:g})"
+            )
+        theirs = stable.last if stable is not None else None
+        if theirs is None or theirs.ended < self._opened:
+            return ""
+        key = (window, theirs)
+        if self._drift_judged[:2] == key:  # windows close every few seconds; ticks are 0.1 s
+            return self._drift_judged[2]
+        value, feature = prediction_drift(stable, theirs, window)
+        reason = ""
+        if value > self.max_drift:
+            reason = (
+                f"drift guard: candidate {cand.label}'s output {feature} differs from stable "
+                f"{stable.label}'s: PSI {value:.3f} over windows of {window.rows} and "
+                f"{theirs.rows} rows (limit {self.max_drift:g})"
+            )
+        self._drift_judged = key + (reason,)
+        return reason
+
     def _stage_done(self, held: float) -> bool:
         """Whether the current stage may advance; says what it waits for otherwise
         (status.waiting_for, status.stage_requests)."""
@@ -180,6 +242,10 @@ class Rollout:
             waits.append(f"hold: {self.hold - held:.0f} s of {self.hold:g} s left")
         if n < self.min_requests:
             waits.append(f"requests: {n} of {self.min_requests} on the candidate")
+        if self.max_drift and route is not None:
+            cand = self._drift_monitors(route)[0]
+            if cand is not None and (cand.last is None or cand.last.ended < self._opened):
+                waits.append("drift: no candidate drift window closed in this stage yet")
         status.waiting_for = "; ".join(waits)
         return not waits
 
