@@ -262,7 +262,10 @@ def _rows_of(bounds: np.ndarray, elements: np.ndarray) -> np.ndarray:
 
 def _column(col, m: InputMap, reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One column's values (numpy, in the input's datatype) and row bounds (n + 1)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    else:
+        arr = col
     name = m.columns[0]
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()

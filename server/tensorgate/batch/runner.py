@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,12 @@ from tensorgate.errors import InvalidArgument, ResourceExhausted, RuntimeFailure
 
 log = logging.getLogger("tensorgate.batch")
 
-CHUNK_BYTES = 16 << 20  # input bytes per chunk the default chunk size aims at
+CHUNK_BYTES = 32 << 20  # input bytes per chunk the default chunk size aims at
 MAX_CHUNK_ROWS = 16384
 MAX_VARLEN_CHUNK_ROWS = 2048  # text rows are cheap to read and slow to run
 VARIABLE_LENGTH_GUESS = 64  # elements assumed for a variable dimension when sizing chunks
-CHUNKS_IN_FLIGHT = 2
+CHUNKS_IN_FLIGHT = 3  # chunks in the model or being written
+READ_AHEAD = 2  # chunks read and converted, waiting for the model
 
 
 @dataclass
@@ -342,6 +344,7 @@ class _ChunkRunner:
         self.calls = asyncio.Semaphore(max(2, 2 * len(model.devices)))
         self.chunks = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
         self.book = asyncio.Lock()
+        self._finished: list[tuple[int, int, int, int]] = []
         self.rows_done = 0
 
     def _pending(self):
@@ -358,20 +361,40 @@ class _ChunkRunner:
         calls, rejects = plan_calls(conv, self.model, self.batch_size)
         return conv, calls, rejects
 
+    def _read_ahead(self, loop, queue: asyncio.Queue, stop: threading.Event) -> None:
+        """Reader thread: read and convert chunks ahead of the model, READ_AHEAD at most
+        waiting; ends with (None, error or None)."""
+        end = None
+        try:
+            for fi, ci, table in self._pending():
+                if stop.is_set():
+                    break
+                item = (fi, ci, table, self._prepare(table))
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except BaseException as exc:  # handed to the loop, raised there
+            end = exc
+        try:
+            asyncio.run_coroutine_threadsafe(queue.put((None, end)), loop).result()
+        except RuntimeError:  # the loop is gone: the run ended without waiting for us
+            pass
+
     async def run_all(self, progress: _Progress) -> None:
-        pending = self._pending()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(READ_AHEAD)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read_ahead, args=(loop, queue, stop),
+                                  name="tensorgate-batch-reader", daemon=True)
+        reader.start()
         tasks: set[asyncio.Task] = set()
         failure: list[BaseException] = []
-
-        def next_chunk():
-            return next(pending, None)
         try:
             while not failure:
-                item = await asyncio.to_thread(next_chunk)
-                if item is None:
+                item = await queue.get()
+                if item[0] is None:
+                    if item[1] is not None:
+                        raise item[1]
                     break
-                fi, ci, table = item
-                prepared = await asyncio.to_thread(self._prepare, table)
+                fi, ci, table, prepared = item
                 await self.chunks.acquire()
                 if failure:
                     self.chunks.release()
@@ -388,8 +411,11 @@ class _ChunkRunner:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            stop.set()
             for t in tasks:
                 t.cancel()
+            while not queue.empty():  # unblock the reader if it waits to put
+                queue.get_nowait()
         if failure:
             raise failure[0]
 
@@ -398,12 +424,28 @@ class _ChunkRunner:
         done_calls, outputs, failed_rows = await run_calls(self.model, calls, self.calls)
         entry = await asyncio.to_thread(self._build, fi, ci, table, conv, rejects,
                                         done_calls, outputs, failed_rows)
+        ok, failed = entry
+        self.rows_done += ok + failed
+        progress.advance(ok + failed)
+        self._finished.append((fi, ci, ok, failed))
+        await self._save()
+
+    async def _save(self) -> None:
+        """Record finished chunks in the manifest: one save at a time, each taking all
+        chunks finished by then (a chunk whose part is written but not yet recorded is
+        just run again after a crash)."""
+        if self.book.locked():
+            return  # the save running now, or the one after it, takes these chunks
         async with self.book:
-            ok, failed = entry
-            self.manifest.record(fi, ci, ok, failed)
-            await asyncio.to_thread(self.manifest.save)
-            self.rows_done += ok + failed
-            progress.advance(ok + failed)
+            while self._finished:
+                batch, self._finished = self._finished, []
+                for fi, ci, ok, failed in batch:
+                    self.manifest.record(fi, ci, ok, failed)
+                await asyncio.to_thread(self._sync_and_save)
+
+    def _sync_and_save(self) -> None:
+        self.layout.sync()
+        self.manifest.save()
 
     def _build(self, fi, ci, table, conv, rejects, calls, outputs, failed_rows):
         """The chunk's part table and error records (worker thread); commits them."""

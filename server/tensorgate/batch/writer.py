@@ -107,14 +107,17 @@ class Layout:
     def commit(self, file_index: int, chunk: int, table: pa.Table | None,
                errors: list[dict]) -> None:
         """Write a chunk's part (when it has rows) and its error part (when it has
-        failures), each atomically, then sync the directories."""
+        failures), each atomically; ``sync`` before the manifest names the chunk."""
         if table is not None and table.num_rows:
             atomic_write(self.part(file_index, chunk), lambda f: pq.write_table(table, f),
                          sync_dir=False)
         if errors:
             text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
             atomic_write_bytes(self.error_part(file_index, chunk), text.encode(), sync_dir=False)
-            fsync_dir(self.error_parts)
+
+    def sync(self) -> None:
+        """Make the renames of committed parts durable (before a manifest names them)."""
+        fsync_dir(self.error_parts)
         fsync_dir(self.work)
 
     # -- at the end ------------------------------------------------------------------------
