@@ -7,7 +7,8 @@ to the request's validated inputs and its outputs (no copy, no numpy). A full qu
 carry ``drift_monitor = None``; when no serving version has a profile the observer is
 not on ``DataPlane.observers`` at all, so nothing is paid.
 
-A background thread (``tensorgate-drift``) wakes every ``POLL_S``, takes what is queued,
+A background thread (``tensorgate-drift``) wakes every ``POLL_S`` (at once while a quarter
+of the queue is still waiting), takes what is queued,
 turns each version's share into feature matrices (features.py: one numpy pass per
 tensor per wake-up) and adds them to the version's current window. A window closes
 after ``window_rows`` rows or ``window_secs`` seconds, whichever comes first (a window
@@ -298,9 +299,6 @@ class DriftMonitor:
         elif not self.monitors and on:
             self._observers.remove(self)
 
-    def monitor_of(self, model) -> VersionMonitor | None:
-        return getattr(model, "drift_monitor", None)
-
     # -- the thread -------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -312,7 +310,7 @@ class DriftMonitor:
     def _run(self) -> None:
         queue = self._queue
         failed: set = set()
-        while not self._stop.wait(POLL_S):
+        while not self._stop.is_set():
             n = len(queue)
             groups: dict[int, tuple[VersionMonitor, list]] = {}
             for _ in range(n):
@@ -339,6 +337,8 @@ class DriftMonitor:
                 if window is not None and log.isEnabledFor(logging.DEBUG):
                     log.debug("drift: %s: window of %d rows, score %.4f (%s)",
                               monitor.label, window.rows, window.score, window.worst)
+            if len(queue) < self.capacity // 4:  # else it fell behind: no pause
+                self._stop.wait(POLL_S)
 
     def close(self) -> None:
         self._stop.set()
