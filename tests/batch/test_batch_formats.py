@@ -190,3 +190,27 @@ def test_test_repository_models(batch_test_repo, tmp_path, model):
         want = oracle(batch_test_repo, model, data)
     for name, value in want.items():
         assert_close(np.stack(rows_of(table.column(name))), value)
+
+
+def test_several_csv_files_read_with_one_schema(tmp_path):
+    """The second file's note column would infer as a number: it is read with the first
+    file's types."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.csv").write_text('id,note,INPUT0\n1,x,"' + json.dumps([0.5] * 16) + '"\n')
+    (d / "b.csv").write_text('id,note,INPUT0\n2,7,"' + json.dumps([1.5] * 16) + '"\n')
+    out = tmp_path / "out.parquet"
+    assert run_job(DEMO, "simple_mlp", d, out).failed == 0
+    table = read_output(out)
+    assert table.column("id").to_pylist() == [1, 2] and table.column("note").to_pylist() == ["x", "7"]
+
+
+def test_pipeline_runs_its_steps(tmp_path, tmp_path_factory):
+    repo = build_models.build_pipeline_repository(tmp_path_factory.mktemp("batch_pipelines"))
+    x = np.random.default_rng(6).standard_normal((20, 4)).astype(np.float32)
+    pq.write_table(pa.table({"X": _fixed_list(x)}), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    assert run_job(repo, "fan_out", tmp_path / "in.parquet", out).failed == 0
+    table = read_output(out)
+    assert_close(np.stack(rows_of(table.column("A"))), x * 2)
+    assert_close(np.stack(rows_of(table.column("B"))), x + 1)

@@ -279,6 +279,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
     total = sum(counts) if all(c is not None for c in counts) else None
     progress = _Progress(job.progress, total, resumed_rows)
     runner = _ChunkRunner(model, plan, batch_size, layout, manifest, files, out_schema)
+    runner.read_schema = read_schema
     t0 = time.monotonic()
     try:
         if not manifest.complete:
@@ -341,6 +342,7 @@ class _ChunkRunner:
         self.model, self.plan, self.batch_size = model, plan, batch_size
         self.layout, self.manifest, self.files = layout, manifest, files
         self.out_schema = out_schema
+        self.read_schema: pa.Schema | None = None
         self.calls = asyncio.Semaphore(max(2, 2 * len(model.devices)))
         self.chunks = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
         self.book = asyncio.Lock()
@@ -352,7 +354,10 @@ class _ChunkRunner:
         chunk_rows = self.manifest.fingerprint["chunk_rows"]
         for fi, f in enumerate(self.files):
             skip = self.manifest.done_chunks(fi)
-            for ci, table in sources.chunks(f, chunk_rows, None, self.plan.read_columns, skip):
+            # CSV and JSON Lines files are read with the first file's column types, so
+            # every part has one schema.
+            for ci, table in sources.chunks(f, chunk_rows, self.read_schema,
+                                            self.plan.read_columns, skip):
                 if table is not None:
                     yield fi, ci, table
 
