@@ -40,6 +40,20 @@ def test_psi_floors_empty_bins_at_epsilon():
         (0.4 - 0.5) * math.log(0.8) + (0.1 - 0.01) * math.log(10))
 
 
+def test_psi_floor_is_half_a_row_of_each_side():
+    # an empty decile in a 100-row window: floored at 0.5 / 100, not at 1e-4
+    expected = [0.1] * 10
+    actual = [0.0] + [0.1] * 8 + [0.2]
+    by_hand = ((0.005 - 0.1) * math.log(0.005 / 0.1) + (0.2 - 0.1) * math.log(2))
+    assert S.psi(expected, actual, actual_rows=100) == pytest.approx(by_hand)
+    assert S.psi(expected, actual) > S.psi(expected, actual, actual_rows=100)
+    # half a row below epsilon: epsilon wins
+    assert S.psi(expected, actual, actual_rows=10 ** 6) == pytest.approx(S.psi(expected, actual))
+    # the reference side too: a value beyond its range in one row of 5000
+    e, a = [0.0, 0.5, 0.5], [0.0002, 0.4999, 0.4999]
+    assert S.psi(e, a, expected_rows=2000, actual_rows=5000) < S.psi(e, a) < 0.002
+
+
 def test_ks_by_hand():
     ref = np.array([1.0, 2.0, 3.0, 4.0])
     # at 2: F_ref 0.5, F_x 0; at 4: 1.0 vs 0.5

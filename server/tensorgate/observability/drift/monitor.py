@@ -143,7 +143,8 @@ class VersionMonitor:
                 else:
                     counts = stats.bin_counts(ref.edges, column)
                     ks[f.name] = stats.ks(ref.sample, column)
-                psi[f.name] = stats.psi(ref.fractions, stats.fractions(counts))
+                psi[f.name] = stats.psi(ref.fractions, stats.fractions(counts),
+                                        expected_rows=ref.rows, actual_rows=len(column))
                 if ex.source == "output":
                     outputs[f.name] = column
         window = Window(now, self._rows, psi, ks, outputs)
@@ -173,7 +174,8 @@ def prediction_drift(stable: VersionMonitor, stable_window: Window,
         else:
             expected = stats.bin_counts(ref.edges, mine)
             actual = stats.bin_counts(ref.edges, values)
-        value = stats.psi(stats.fractions(expected), stats.fractions(actual))
+        value = stats.psi(stats.fractions(expected), stats.fractions(actual),
+                          expected_rows=len(mine), actual_rows=len(values))
         if value > worst:
             worst, name = value, feature
     return worst, name

@@ -52,10 +52,12 @@ class ProfileError(ValueError):
 class Reference:
     """One feature's reference, as the monitor compares with it."""
 
-    __slots__ = ("feature", "edges", "fractions", "sample", "categories")
+    __slots__ = ("feature", "edges", "fractions", "sample", "categories", "rows")
 
-    def __init__(self, feature: Feature, edges, fractions, sample, categories) -> None:
+    def __init__(self, feature: Feature, edges, fractions, sample, categories,
+                 rows: int = 0) -> None:
         self.feature = feature
+        self.rows = rows  # reference observations (PSI's floor for empty bins), 0 unknown
         self.edges = edges  # float64 bin edges; None for a category feature
         self.fractions = fractions  # float64, one per bin (categories + "other")
         self.sample = sample  # sorted float64 (KS); None for a category feature
@@ -74,19 +76,20 @@ def parse(doc: dict, where: str = PROFILE) -> tuple[dict, list[Reference]]:
             if f.source not in ("input", "output"):
                 raise ProfileError(f"{where}: feature {f.name}: source {f.source!r}")
             fractions = np.asarray(item["fractions"], np.float64)
+            rows = int((item.get("summary") or {}).get("count") or 0)
             if f.kind == CATEGORY:
                 cats = [str(c) for c in item["categories"]]
                 if len(fractions) != len(cats) + 1:
                     raise ProfileError(f"{where}: feature {f.name}: {len(cats)} categories "
                                        f"need {len(cats) + 1} fractions")
-                refs.append(Reference(f, None, fractions, None, cats))
+                refs.append(Reference(f, None, fractions, None, cats, rows))
                 continue
             edges = np.asarray(item["edges"], np.float64)
             if len(fractions) != len(edges) + 1 or np.any(np.diff(edges) <= 0):
                 raise ProfileError(f"{where}: feature {f.name}: edges must ascend, with one "
                                    "fraction more than edges")
             sample = np.sort(np.asarray(item.get("sample", []), np.float64))
-            refs.append(Reference(f, edges, fractions, sample, None))
+            refs.append(Reference(f, edges, fractions, sample, None, rows))
     except ProfileError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
