@@ -43,6 +43,10 @@ def test_error_rows_go_to_the_errors_file(tmp_path):
     assert "17 values" in errors[3]["reason"]
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert (summary["rows"], summary["rows_ok"], summary["rows_failed"]) == (40, 36, 4)
+    again = cli("--model", "simple_mlp", "--input", str(tmp_path / "in.parquet"),
+                "--output", str(out), "--chunk-rows", "16")  # finished: nothing to redo
+    assert again.returncode == 1 and "4 failed" in again.stderr
+    assert errors_of(tmp_path / "out.errors.jsonl") == errors
     table = read_output(out)
     good = [i for i in range(40) if i not in (3, 7, 8, 20)]
     assert table.column("id").to_pylist() == good
@@ -63,6 +67,10 @@ def test_values_the_datatype_cannot_hold_and_bad_text(batch_test_repo, tmp_path)
     assert result.failed == 3
     assert [e["row_id"] for e in errors_of(out / "_errors.jsonl")] == [1, 2, 3]
     assert read_output(out).column("OUTPUT0").to_pylist() == [[1, 2, 3], [255, 0]]
+    errors = errors_of(out / "_errors.jsonl")
+    again = run_job(batch_test_repo, "identity_uint8", tmp_path / "in.jsonl", out)
+    assert again.failed == 3 and errors_of(out / "_errors.jsonl") == errors
+    assert not (out / "_errors").exists()
     (tmp_path / "in.csv").write_text('id,vec\n0,"[1, 2]"\n1,"[1, oops]"\n2,"3 4 5"\n')
     out2 = tmp_path / "out2"
     result = run_job(batch_test_repo, "identity_int32", tmp_path / "in.csv", out2,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from tensorgate.batch import sources
-from tensorgate.batch.common import BatchError
+from tensorgate.batch.common import BatchError, atomic_write_bytes
 from tensorgate.batch.grouping import Call, assemble, plan_calls
 from tensorgate.batch.manifest import Manifest
 from tensorgate.batch.mapping import Plan, parse_maps
@@ -274,6 +275,10 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
         return Result(finished, int(finished.get("rows_failed", 0)))
     layout.prepare(job.overwrite)
     manifest = Manifest.open(layout.manifest, fingerprint)
+    if manifest.merged:  # finished before; at most its clean-up was cut short
+        await asyncio.to_thread(_finish, layout, manifest, out_schema, {})
+        done = json.loads(layout.summary.read_text(encoding="utf-8"))
+        return Result(done, int(done.get("rows_failed", 0)))
     resumed_rows = sum(manifest.totals())
     counts = [sources.row_count(f) for f in files]
     total = sum(counts) if all(c is not None for c in counts) else None
@@ -306,10 +311,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
 
 
 def _previous_chunk_rows(layout: Layout) -> int | None:
-    """The chunk size a run being resumed chose (its default may depend on nothing
-    that changed, but a resumed run must keep it)."""
-    import json
-
+    """The chunk size of the run being resumed (a resumed run must keep it)."""
     try:
         state = json.loads(layout.manifest.read_text(encoding="utf-8"))
         return int(state["fingerprint"]["chunk_rows"])
@@ -318,18 +320,16 @@ def _previous_chunk_rows(layout: Layout) -> int | None:
 
 
 def _finish(layout: Layout, manifest: Manifest, schema: pa.Schema, summary: dict) -> None:
-    import json
-
-    layout.merge_errors()
-    if layout.single:
-        if not manifest.merged:
+    """Errors file, single-file merge and summary, then the manifest says ``merged``;
+    after that only the clean-up is left (a rerun redoes just that)."""
+    if not manifest.merged:
+        layout.merge_errors()
+        if layout.single:
             layout.merge_parts(schema)
-            manifest.merged = True
-            manifest.save()
-    from tensorgate.batch.common import atomic_write_bytes
-
-    layout.summary.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(layout.summary, (json.dumps(summary, indent=2) + "\n").encode())
+        layout.summary.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(layout.summary, (json.dumps(summary, indent=2) + "\n").encode())
+        manifest.merged = True
+        manifest.save()
     if layout.single:
         layout.cleanup()
     else:

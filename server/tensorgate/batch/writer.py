@@ -95,7 +95,7 @@ class Layout:
     def finished_summary(self) -> dict | None:
         """The summary of a finished single-file run (its parts already merged and
         removed), or None."""
-        if not self.single or self.work.exists() or not self.output.exists():
+        if not self.single or self.manifest.exists() or not self.output.exists():
             return None
         try:
             return json.loads(self.summary.read_text(encoding="utf-8"))
