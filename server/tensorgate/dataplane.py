@@ -258,7 +258,7 @@ class DataPlane:
         cache.miss(_perf_ns() - started)
         outputs = await model.run(*run_args)
         tensors = _answer(model, outputs, chosen)
-        cache.put(digest, tensors)
+        cache.put(digest, tensors, outputs)
         return tensors, outputs
 
     @staticmethod

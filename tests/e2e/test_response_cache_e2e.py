@@ -402,6 +402,26 @@ def test_route_switch_answers_from_the_version_that_serves(server, raw):
         channel.close()
 
 
+def test_a_hit_is_compared_by_the_routes_shadow_like_a_computed_answer(server, raw):
+    """Observers and shadows get a hit's outputs as after a run: a route to ``cached``
+    mirrored to ``direct`` (the same adder) compares every answer, hits included."""
+    channel = grpc.insecure_channel(server.grpc_url)
+    control = control_pb2_grpc.RoutingServiceStub(channel)
+    r = cpb.Route(name="rc_shadowed",
+                  targets=[cpb.Target(model="cached", version="1", weight=100)],
+                  shadow=cpb.Shadow(model="direct", version="1", fraction=1.0))
+    control.SetRoute(cpb.SetRouteRequest(route=r), timeout=10)
+    try:
+        assert [_answer(raw, "rc_shadowed", 77.0) for _ in range(3)] == [78.0] * 3
+        _wait(lambda: _metric(_scrape(server), "tensorgate_shadow_compared_total",
+                              route="rc_shadowed", result="exact") == 3)
+        assert not _metric(_scrape(server), "tensorgate_shadow_compared_total",
+                           route="rc_shadowed", result="disagree")
+    finally:
+        control.DeleteRoute(cpb.DeleteRouteRequest(name="rc_shadowed"), timeout=10)
+        channel.close()
+
+
 # --------------------------------------------------------------------------- size, refusal
 
 

@@ -139,33 +139,50 @@ def test_shared_memory_requests_have_no_key():
 # --------------------------------------------------------------------------- entries, values
 
 
-def test_entries_hold_read_only_copies():
-    out = np.arange(8, dtype=np.float32).reshape(2, 4)
-    view = out[:1]
-    entry = make_entry(None, [("OUTPUT0", "FP32", view.shape, view), ("T", "BYTES", (1,), b"x")])
-    view[0, 0] = 99.0  # the batch buffer changes later: the entry does not
+def test_entries_hold_read_only_copies_of_tensors_and_outputs():
+    batch = np.arange(8, dtype=np.float32).reshape(2, 4)
+    view = batch[:1]  # a request's rows of a batch's output
+    scores = batch[1:]
+    text = np.array([["a", "bc"]], dtype=object)
+    outputs = {"OUTPUT0": view, "SCORES": scores, "TEXT": text}
+    tensors = [("OUTPUT0", "FP32", view.shape, view),  # as it came
+               ("SCORES", "BYTES", (1, 1), b"\x05\x00\x00\x007.0:3"),  # top-1 classes
+               ("TEXT", "BYTES", (1, 2), b"\x01\x00\x00\x00a\x02\x00\x00\x00bc")]
+    entry = make_entry(None, tensors, outputs)
+    batch[:] = 99.0  # the batch buffer changes later: the entry does not
     kept = entry.tensors[0][3]
     assert kept[0, 0] == 0.0 and not kept.flags.writeable and kept.base is None
-    assert entry.outputs == {"OUTPUT0": kept}  # numeric outputs, for a route's shadow
-    assert entry.size > kept.nbytes + 1
+    assert entry.outputs["OUTPUT0"] is kept  # one copy for the tensor and the output
+    assert entry.outputs["SCORES"][0, 0] == 4.0  # every output, for observers and shadows
+    assert list(entry.outputs["TEXT"].flat) == ["a", "bc"]
+    assert entry.tensors[1][3] == tensors[1][3]
+    assert entry.size > kept.nbytes * 2 + 2 * 56 + 3
 
 
 def test_redis_values_round_trip_every_datatype():
-    tensors = [
-        ("B", "BOOL", (1, 2), np.array([[True, False]])),
-        ("H", "FP16", (2,), np.array([1.5, -2.0], np.float16)),
-        ("I", "INT64", (1, 1), np.array([[-7]], np.int64)),
-        ("S", "BYTES", (1,), b"\x03\x00\x00\x00abc"),
-        ("E", "FP32", (0, 3), np.zeros((0, 3), np.float32)),
-    ]
-    back = decode_value(encode_value(tensors))
+    outputs = {
+        "B": np.array([[True, False]]), "H": np.array([1.5, -2.0], np.float16),
+        "I": np.array([[-7]], np.int64), "E": np.zeros((0, 3), np.float32),
+        "T": np.array([["\u00e9t\u00e9", ""]], dtype=object), "U": np.arange(4, dtype=np.uint8),
+    }
+    tensors = [(name, wire, outputs[name].shape, outputs[name])
+               for name, wire in (("B", "BOOL"), ("H", "FP16"), ("I", "INT64"), ("E", "FP32"))]
+    tensors += [("T", "BYTES", (1, 2), b"\x05\x00\x00\x00\xc3\xa9t\xc3\xa9\x00\x00\x00\x00"),
+                ("U", "INT32", (4,), np.arange(4, dtype=np.int32))]  # converted: stored apart
+    back, back_outputs = decode_value(encode_value(tensors, outputs))
     assert [(n, d, s) for n, d, s, _ in back] == [(n, d, s) for n, d, s, _ in tensors]
     for (_, _, _, want), (_, _, _, got) in zip(tensors, back):
         if isinstance(want, bytes):
             assert got == want
         else:
             assert got.dtype == want.dtype and np.array_equal(got, want)
-    value = encode_value(tensors)
+    assert back[0][3] is back_outputs["B"]  # stored once
+    assert set(back_outputs) == set(outputs)
+    for name, want in outputs.items():
+        got = back_outputs[name]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert list(got.flat) == list(want.flat)
+    value = encode_value(tensors, outputs)
     for bad in (b"", b"nope", value[:-1], value + b"x", value[:12]):
         with pytest.raises(ValueError):
             decode_value(bad)
@@ -206,17 +223,18 @@ def test_versions_keep_apart_and_leave_with_their_entries():
     asyncio.run(cache("loaded", "p"))
     v1 = a1.response_cache
     assert v1 is not None and plain.response_cache is None
-    answer = [("OUTPUT0", "FP32", (1, 1), np.array([[1.0]], np.float32))]
-    v1.put(b"k" * 32, answer)
+    out = np.array([[1.0]], np.float32)
+    answer, outputs = [("OUTPUT0", "FP32", (1, 1), out)], {"OUTPUT0": out}
+    v1.put(b"k" * 32, answer, outputs)
     assert v1.get(b"k" * 32) is not None
     repo.serving = [a2, plain]  # version 2 replaced version 1
     asyncio.run(cache("loaded", "a"))
     v2 = a2.response_cache
     assert v2.get(b"k" * 32) is None  # another version: never version 1's answer
     assert len(cache.lru) == 0 and v1.closed
-    v1.put(b"j" * 32, answer)  # a request of version 1 still in flight: not kept
+    v1.put(b"j" * 32, answer, outputs)  # a request of version 1 still in flight: not kept
     assert len(cache.lru) == 0
-    v2.put(b"k" * 32, answer)
+    v2.put(b"k" * 32, answer, outputs)
     v2.hit(5)
     v2.miss(7)
     assert (a2.stats.cache_hit.count, a2.stats.cache_miss.count) == (1, 1)

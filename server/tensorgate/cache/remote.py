@@ -12,7 +12,8 @@ Keys: ``tensorgate:rc1:<model>:<version>:<fingerprint>:<request digest hex>``, w
 fingerprint is a hash of the version's files and completed config
 (response.version_fingerprint), so no two models, versions, or different files under
 one version number share an entry, on one replica or across several. Values: a small
-header (magic, JSON list of name, datatype, shape, byte count) and the tensors' bytes.
+header (magic, then JSON: name, datatype, shape and byte count of each output and each
+answer tensor) and their bytes; a tensor that is an output as it came is stored once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import numpy as np
 import orjson
 
+from tensorgate._ext.codec import BytesTensorError, decode_bytes_tensor, encode_bytes_tensor
 from tensorgate.dtypes import BY_WIRE
 
 log = logging.getLogger("tensorgate.cache")
@@ -37,22 +39,46 @@ BACKOFF_MAX_S = 30.0
 WARN_EVERY_S = 30.0
 
 _MAGIC = b"TGRC1\n"
+_WIRE_OF = {d.numpy: d.wire for d in BY_WIRE.values() if d.wire != "BYTES"}
 _HEAD = len(_MAGIC) + 4
 
 
-def encode_value(tensors) -> bytes:
-    """One answer's (name, datatype, shape, data) tensors as a Redis value."""
-    header = orjson.dumps([
-        [name, datatype, list(shape), data.nbytes if isinstance(data, np.ndarray) else len(data)]
-        for name, datatype, shape, data in tensors
-    ])
-    return b"".join([_MAGIC, len(header).to_bytes(4, "little"), header,
-                     *(data for _, _, _, data in tensors)])
+def _raw(data) -> tuple[str, object]:
+    """(datatype, bytes-like) of an output array or a tensor's data."""
+    if not isinstance(data, np.ndarray):
+        return "BYTES", data  # a tensor's v2 BYTES encoding
+    if data.dtype.kind == "O":  # a string output: its elements in the v2 encoding
+        return "BYTES", encode_bytes_tensor(data)
+    return _WIRE_OF[data.dtype], data
 
 
-def decode_value(value: bytes) -> list:
-    """The tensors of a value written by encode_value; numeric data are read-only views
-    into ``value``. ValueError for anything else."""
+def _nbytes(raw) -> int:
+    return raw.nbytes if isinstance(raw, np.ndarray) else len(raw)
+
+
+def encode_value(tensors, outputs: dict) -> bytes:
+    """One answer as a Redis value: its outputs by name, then its (name, datatype,
+    shape, data) tensors, each tensor that is an output as it came only by reference."""
+    head_outputs, head_tensors, chunks = [], [], []
+    for name, value in outputs.items():
+        datatype, raw = _raw(value)
+        head_outputs.append([name, datatype, list(value.shape), _nbytes(raw)])
+        chunks.append(raw)
+    for name, datatype, shape, data in tensors:
+        if data is outputs.get(name):
+            head_tensors.append([name, datatype, list(shape), -1])
+            continue
+        _, raw = _raw(data)
+        head_tensors.append([name, datatype, list(shape), _nbytes(raw)])
+        chunks.append(raw)
+    header = orjson.dumps({"o": head_outputs, "t": head_tensors})
+    return b"".join([_MAGIC, len(header).to_bytes(4, "little"), header, *chunks])
+
+
+def decode_value(value: bytes) -> tuple[list, dict]:
+    """(tensors, outputs) of a value written by encode_value; numeric data are
+    read-only views into ``value``, string outputs str elements again. ValueError for
+    anything else."""
     if not value.startswith(_MAGIC) or len(value) < _HEAD:
         raise ValueError("not a TensorGate cache value")
     size = int.from_bytes(value[len(_MAGIC):_HEAD], "little")
@@ -62,23 +88,41 @@ def decode_value(value: bytes) -> list:
         raise ValueError(f"bad header: {exc}") from None
     view = memoryview(value)
     offset = _HEAD + size
+
+    def take(nbytes: int):
+        nonlocal offset
+        chunk = view[offset:offset + nbytes]
+        offset += nbytes
+        if len(chunk) != nbytes:
+            raise ValueError("value cut short")
+        return chunk
+
+    outputs = {}
     tensors = []
     try:
-        for name, datatype, shape, nbytes in header:
-            chunk = view[offset:offset + nbytes]
-            offset += nbytes
-            if len(chunk) != nbytes:
-                raise ValueError("value cut short")
+        for name, datatype, shape, nbytes in header["o"]:
+            chunk = take(nbytes)
             if datatype == "BYTES":
-                data = bytes(chunk)
+                count = int(np.prod(shape, dtype=np.int64))
+                flat = decode_bytes_tensor(chunk, count)
+                arr = np.empty(count, dtype=object)
+                arr[:] = [x.decode("utf-8", "surrogateescape") for x in flat]
+                outputs[name] = arr.reshape(shape)
             else:
-                data = np.frombuffer(chunk, BY_WIRE[datatype].numpy).reshape(shape)
+                outputs[name] = np.frombuffer(chunk, BY_WIRE[datatype].numpy).reshape(shape)
+        for name, datatype, shape, nbytes in header["t"]:
+            if nbytes == -1:
+                data = outputs[name]
+            elif datatype == "BYTES":
+                data = bytes(take(nbytes))
+            else:
+                data = np.frombuffer(take(nbytes), BY_WIRE[datatype].numpy).reshape(shape)
             tensors.append((name, datatype, tuple(shape), data))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"bad header: {exc!r}") from None
+    except (KeyError, TypeError, BytesTensorError) as exc:
+        raise ValueError(f"bad header or data: {exc!r}") from None
     if offset != len(value):
         raise ValueError("trailing bytes")
-    return tensors
+    return tensors, outputs
 
 
 def shown_url(url: str) -> str:

@@ -14,9 +14,10 @@ answered before gets that answer again without running the model. The data plane
   from changed files, can be answered from another's entries. When a version leaves
   the serving table (unload, reload, removal; ``ResponseCache`` listens to the
   repository), its entries are dropped at once.
-- **Copies.** An entry holds copies of the answer's arrays (never views into batch
-  buffers), read-only, shared by every hit; the front ends encode them as they encode
-  a computed answer, so a hit is byte-identical on gRPC and HTTP.
+- **Copies.** An entry holds copies of the answer's tensors and of the run's outputs
+  (never views into batch buffers), read-only, shared by every hit: the front ends
+  encode the tensors as they encode a computed answer, so a hit is byte-identical on
+  gRPC and HTTP, and observers and a route's shadow get every output, as after a run.
 - **Redis** (optional, remote.py): a second tier behind the local one, shared by
   replicas, keyed by a fingerprint of the version's files and config.
 """
@@ -39,16 +40,18 @@ from tensorgate.runtime.model import READY
 log = logging.getLogger("tensorgate.cache")
 _perf_ns = time.perf_counter_ns
 
-# Bytes counted per entry and per tensor beyond the tensor data: the entry, its tuples
-# and dict, the array objects, the key and the LRU's link (tracemalloc: 850 bytes for
-# an answer of one 32-byte tensor, which these count as 871).
+# Bytes counted per entry and per array beyond the data: the entry, its tuples and
+# dict, the array objects, the key and the LRU's link (tracemalloc: 850 bytes for an
+# answer of one 32-byte tensor, which these count as 871); per string element of a
+# BYTES output, the str object.
 ENTRY_OVERHEAD = 512
 TENSOR_OVERHEAD = 320
+STRING_OVERHEAD = 56
 
 
 class Entry:
-    """One cached answer: the data plane's tensors, and its numeric outputs by name
-    (what a route's shadow compares against)."""
+    """One cached answer: the data plane's tensors (what the front ends encode) and the
+    run's outputs by name (what observers and a route's shadow see)."""
 
     __slots__ = ("owner", "tensors", "outputs", "size")
 
@@ -59,25 +62,39 @@ class Entry:
         self.size = size
 
 
-def make_entry(owner: VersionCache, tensors, copy: bool = True) -> Entry:
-    """An entry holding read-only copies of ``tensors``' arrays (BYTES data are bytes,
-    immutable already); ``copy=False`` for arrays that are read-only views of a value
-    nothing else holds (decoded from Redis)."""
-    kept = []
-    outputs = {}
+def _frozen(value: np.ndarray) -> np.ndarray:
+    copy = np.array(value, order="C")  # never a view into a batch's buffers
+    copy.flags.writeable = False
+    return copy
+
+
+def _size(value) -> int:
+    if not isinstance(value, np.ndarray):
+        return len(value)  # bytes: a BYTES tensor in its v2 encoding
+    if value.dtype.kind == "O":  # str elements: the objects, not only their pointers
+        return value.size * STRING_OVERHEAD + sum(len(x) for x in value.flat)
+    return value.nbytes
+
+
+def make_entry(owner: VersionCache, tensors, outputs: dict, copy: bool = True) -> Entry:
+    """An entry holding read-only copies of ``tensors`` (BYTES data are bytes, immutable
+    already) and of ``outputs``, one copy where a tensor is an output as it came;
+    ``copy=False`` for arrays nothing else holds (decoded from Redis)."""
+    kept_outputs = {}
     size = ENTRY_OVERHEAD
+    for name, value in outputs.items():
+        kept_outputs[name] = _frozen(value) if copy else value
+        size += _size(value) + TENSOR_OVERHEAD + len(name)
+    kept = []
     for name, datatype, shape, data in tensors:
-        if isinstance(data, np.ndarray):
-            if copy:
-                data = np.array(data, order="C")  # a copy: never a view into batch buffers
-                data.flags.writeable = False
-            outputs[name] = data
-            size += data.nbytes
+        if data is outputs.get(name):
+            data = kept_outputs[name]
         else:
-            size += len(data)
-        size += TENSOR_OVERHEAD + len(name)
+            if copy and isinstance(data, np.ndarray):
+                data = _frozen(data)
+            size += _size(data) + TENSOR_OVERHEAD
         kept.append((name, datatype, tuple(shape), data))
-    return Entry(owner, kept, outputs, size)
+    return Entry(owner, kept, kept_outputs, size)
 
 
 def version_fingerprint(model, version_dir: Path) -> str:
@@ -120,12 +137,12 @@ class VersionCache:
         if value is None:
             return None
         try:
-            tensors = decode_value(value)
+            tensors, outputs = decode_value(value)
         except ValueError as exc:
             remote.corrupt += 1
             log.debug("response cache: undecodable Redis value under %s (%s)", self.prefix, exc)
             return None
-        entry = make_entry(self, tensors, copy=False)
+        entry = make_entry(self, tensors, outputs, copy=False)
         self._keep(digest, entry)
         return entry
 
@@ -141,15 +158,16 @@ class VersionCache:
         self.owner.misses += 1
         self.owner.looked(ns)
 
-    def put(self, digest: bytes, tensors: list) -> None:
+    def put(self, digest: bytes, tensors: list, outputs: dict) -> None:
         """Keep a computed answer (after a miss); its insertion time adds to the miss."""
         if self.closed:
             return
         started = _perf_ns()
-        entry = make_entry(self, tensors)
+        entry = make_entry(self, tensors, outputs)
         self._keep(digest, entry)
         if self.remote is not None:
-            self.remote.store(self.prefix + digest.hex(), encode_value(entry.tensors))
+            self.remote.store(self.prefix + digest.hex(),
+                              encode_value(entry.tensors, entry.outputs))
         ns = _perf_ns() - started
         self.stats.cache_miss.ns += ns
         self.owner.insertion_ns += ns
