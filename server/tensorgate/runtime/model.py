@@ -22,6 +22,7 @@ from tensorgate.dtypes import BY_CONFIG
 from tensorgate.errors import DeadlineExceeded, ModelLoadError, RuntimeFailure
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.stats import VersionStats
+from tensorgate.repository import lineage
 from tensorgate.repository.paths import ModelFiles
 from tensorgate.repository.config import (
     ParsedConfig,
@@ -180,6 +181,8 @@ class ModelVersion:
             parsed, name, graph_tensors(first.get_inputs()), graph_tensors(first.get_outputs()),
             default_max_batch_size,
         )
+        # Per-version provenance (registry, optimize) as ModelConfig parameters.
+        lineage.apply(config, lineage.read_version(files, version))
         model = cls(name, version, config, sessions)
         model.labels = _labels(config, files)
         model.varlen = plan_from_config(
