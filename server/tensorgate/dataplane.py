@@ -60,9 +60,11 @@ class InferResult(NamedTuple):
 class Outcome:
     """One request that reached a model version, as observers see it."""
 
-    __slots__ = ("model", "request_id", "ns", "status", "arrays", "outputs", "shadow")
+    __slots__ = ("model", "request_id", "ns", "status", "arrays", "outputs", "shadow",
+                 "ctx", "span", "route", "variant")
 
-    def __init__(self, model, request_id, ns, status, arrays, outputs, shadow) -> None:
+    def __init__(self, model, request_id, ns, status, arrays, outputs, shadow,
+                 ctx=None, span=None, route=None, variant=None) -> None:
         self.model = model
         self.request_id = request_id
         self.ns = ns  # from validation to the answer (or the failure)
@@ -70,6 +72,10 @@ class Outcome:
         self.arrays = arrays  # validated inputs by name (None when validation failed)
         self.outputs = outputs  # outputs by name (None on failure)
         self.shadow = shadow  # a mirrored run (its answer is discarded)
+        self.ctx = ctx  # the caller's RequestContext (read it on the loop only)
+        self.span = span  # the request's server span when it is traced, else None
+        self.route = route  # the route's name when one picked the version, else None
+        self.variant = variant  # the route's target label ("model:version"), else None
 
 
 def _int_parameter(params: dict, key: str, low: int, high: int) -> int:
@@ -217,7 +223,8 @@ class DataPlane:
             if route is not None:
                 self._route_failure(route, index, ns, status)
             if self.observers:
-                self._observe(model, request, ns, status, arrays, None, prepared)
+                self._observe(model, request, ns, status, arrays, None, prepared,
+                              ctx, span, route, index)
             raise
         finally:
             model.leave()
@@ -228,7 +235,8 @@ class DataPlane:
             if route.shadow is not None:
                 self.routes.shadows.maybe_mirror(route, arrays, rows, shape_key, outputs, self)
         if self.observers:
-            self._observe(model, request, ns, "OK", arrays, outputs, prepared)
+            self._observe(model, request, ns, "OK", arrays, outputs, prepared,
+                          ctx, span, route, index)
         return tensors, outputs
 
     def _cache_of(self, model):
@@ -269,10 +277,13 @@ class DataPlane:
         if index == route.candidate and status in _CANDIDATE_FAULTS:
             route.rollout.on_failure()
 
-    def _observe(self, model, request, ns, status, arrays, outputs, prepared) -> None:
+    def _observe(self, model, request, ns, status, arrays, outputs, prepared,
+                 ctx, span, route, index) -> None:
         outcome = Outcome(
             model, "" if request is None else request.id, ns, status, arrays, outputs,
-            prepared is not None,
+            prepared is not None, ctx, span,
+            None if route is None else route.name,
+            None if route is None else route.targets[index].label,
         )
         for observer in self.observers:
             observer.observe(outcome)
