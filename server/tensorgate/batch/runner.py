@@ -280,6 +280,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
         done = json.loads(layout.summary.read_text(encoding="utf-8"))
         return Result(done, int(done.get("rows_failed", 0)))
     resumed_rows = sum(manifest.totals())
+    await asyncio.to_thread(manifest.save)  # the output is this job's from now on
     counts = [sources.row_count(f) for f in files]
     total = sum(counts) if all(c is not None for c in counts) else None
     progress = _Progress(job.progress, total, resumed_rows)

@@ -66,7 +66,7 @@ class Layout:
             if not self.output.is_dir():
                 raise BatchError(f"--output {self.output}: exists and is not a directory "
                                  "(name a .parquet file or a directory)")
-            if not self.manifest.exists() and any(self.output.iterdir()):
+            if not self._ours():
                 raise BatchError(f"--output {self.output}: a directory that holds other files "
                                  "(no batch manifest in it); give an empty or new directory")
         self.work.mkdir(parents=True, exist_ok=True)
@@ -84,13 +84,21 @@ class Layout:
             return
         if not self.output.exists():
             return
-        if not self.manifest.exists() and any(self.output.iterdir()):
+        if not self._ours():
             raise BatchError(f"--overwrite: {self.output} is not a batch output (no "
                              f"{MANIFEST}); not removing it")
         shutil.rmtree(self.output)
         for p in (self.errors, self.summary):
             if p.exists():
                 p.unlink()
+
+    def _ours(self) -> bool:
+        """The output directory is this tool's: it has a manifest, or holds nothing but
+        what a run killed before its first manifest leaves (parts, temp files)."""
+        if self.manifest.exists():
+            return True
+        return all(p.name.startswith(("part-", ".", "_errors", "_summary"))
+                   for p in self.output.iterdir())
 
     def finished_summary(self) -> dict | None:
         """The summary of a finished single-file run (its parts already merged and
