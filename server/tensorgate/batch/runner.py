@@ -220,6 +220,10 @@ class _Progress:
         self._rows = 0
         self._bar.start()
 
+    def set_total(self, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
     def advance(self, rows: int) -> None:
         if self._bar is None:
             return
@@ -284,6 +288,13 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
     counts = [sources.row_count(f) for f in files]
     total = sum(counts) if all(c is not None for c in counts) else None
     progress = _Progress(job.progress, total, resumed_rows)
+    if job.progress and total is None:  # CSV, JSON Lines: count their lines meanwhile
+        loop = asyncio.get_running_loop()
+
+        def count():
+            n = sum(c if c is not None else sources.count_lines(f) for c, f in zip(counts, files))
+            loop.call_soon_threadsafe(progress.set_total, n)
+        threading.Thread(target=count, name="tensorgate-batch-count", daemon=True).start()
     runner = _ChunkRunner(model, plan, batch_size, layout, manifest, files, out_schema)
     runner.read_schema = read_schema
     t0 = time.monotonic()
