@@ -168,6 +168,11 @@ async def serve(settings: Settings) -> int:
     # Routes persist inside the repository; not inside the bundled demo repository,
     # which is part of the installed package.
     routes = RouteManager(repository, _state_file(settings, root))
+    try:
+        registry = _registry_sync(settings, repository, routes)
+    except (ValueError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 1
     shared_memory = SystemSharedMemory(settings.allow_client_shm)
     try:
         cache = _response_cache(settings, repository)
@@ -257,6 +262,7 @@ async def serve(settings: Settings) -> int:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
                 hooks.events, routes, frontend, cache,
+                [registry.collector()] if registry is not None else (),
             )
         except OSError as exc:
             return give_up("metrics", settings.metrics_port, exc)
@@ -311,6 +317,8 @@ async def serve(settings: Settings) -> int:
         watcher = RepositoryWatcher(repository, poll_secs)
         watcher.start()
         log.info("polling the repository every %g s", poll_secs)
+    if registry is not None:
+        registry.start()  # after the routes are restored: aliases move routes
     state.loaded = True
     if settings.gc_freeze:
         heap.freeze()  # once everything loaded; each later repository change freezes again
@@ -333,6 +341,8 @@ async def serve(settings: Settings) -> int:
     state.accepting = False
     if watcher is not None:
         await watcher.stop()
+    if registry is not None:
+        await registry.stop()
     await health_servicer.enter_graceful_shutdown()
     # Drain before stopping grpc: server.stop() cancels calls at once (seen as CANCELLED
     # by clients, tests/e2e/test_shutdown.py), so accepted requests finish first while
@@ -393,6 +403,15 @@ def _drift_monitor(settings: Settings, repository: ModelRepository, dataplane: D
                          settings.drift_window_rows, settings.drift_sample_ratio)
     repository.listeners.append(drift)
     return drift
+
+
+def _registry_sync(settings: Settings, repository: ModelRepository, routes: RouteManager):
+    """The model registry sync (--model-registry), not started yet; None when off."""
+    if not settings.model_registry:
+        return None
+    from tensorgate import registry
+
+    return registry.from_settings(settings, repository, routes)
 
 
 STREAM_GRACE_S = 1.0

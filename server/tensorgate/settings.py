@@ -19,7 +19,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FRONTENDS = ("auto", "native", "grpcio")
 CONTROL_MODES = ("auto", "none", "poll", "explicit")
 # Flags that take a list: repeated on the command line, comma-separated in the env.
-REPEATED = ("load_model",)
+REPEATED = ("load_model", "registry_models")
 # Flags with a second spelling (Triton's).
 ALIASES = {
     "strict_model_config": ("--disable-auto-complete-config",),
@@ -275,6 +275,57 @@ class Settings:
             "first); 0 = off (RepositoryModelLoad/Unload still work)."
         ),
     )
+    # -- model registry (server/tensorgate/registry; unset = off) --
+    model_registry: str = field(
+        default="",
+        metadata=_doc(
+            "Sync registered ONNX models from an MLflow model registry into the "
+            "repository (new versions loaded, archived and deleted ones removed, aliases "
+            "as routes <model>@<alias>): mlflow://HOST:PORT (http), "
+            "mlflow+https://HOST[:PORT][/PATH], or mlflow to take MLFLOW_TRACKING_URI; "
+            "MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN apply. Needs "
+            "--model-repository (written to) and --registry-models or --registry-tag, "
+            "and pip install 'tensorgate[mlflow]'."
+        ),
+    )
+    registry_models: tuple = field(
+        default=(),
+        metadata=_doc(
+            "With --model-registry: a registered model to sync (repeat the flag for "
+            "several); env: comma-separated."
+        ),
+    )
+    registry_tag: str = field(
+        default="",
+        metadata=_doc(
+            "With --model-registry: also sync every registered model with this tag, "
+            "KEY=VALUE or KEY (any value)."
+        ),
+    )
+    registry_poll_secs: float = field(
+        default=30.0,
+        metadata=_doc(
+            "How often the registry is polled; while it cannot be reached, polls back "
+            "off, doubling from one period to eight (at most 300 s), and what is loaded "
+            "keeps serving."
+        ),
+    )
+    registry_alias_move: str = field(
+        default="switch",
+        metadata=_doc(
+            "What a moved alias does to its route: switch (blue-green, all traffic at "
+            "once) or canary (a rollout with --registry-canary-stages and "
+            "--registry-canary-hold-secs, default guards, promoted automatically)."
+        ),
+    )
+    registry_canary_stages: str = field(
+        default="5,25,50,100",
+        metadata=_doc("With --registry-alias-move canary: the traffic percentages, in order."),
+    )
+    registry_canary_hold_secs: float = field(
+        default=60.0,
+        metadata=_doc("With --registry-alias-move canary: how long each stage is held."),
+    )
     shutdown_grace_secs: float = field(
         default=30.0,
         metadata=_doc("On SIGTERM/SIGINT, how long accepted requests may take to finish."),
@@ -452,6 +503,7 @@ class Settings:
             raise ValueError(
                 f"shutdown_grace_secs must be in 0..3600, got {self.shutdown_grace_secs}"
             )
+        self._check_registry()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -487,6 +539,41 @@ class Settings:
             )
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise ValueError(f"model_repository {str(self.model_repository)!r} is not a directory")
+
+
+    def _check_registry(self) -> None:
+        if not 0.1 <= self.registry_poll_secs <= 86400:
+            raise ValueError(
+                f"registry_poll_secs must be in 0.1..86400, got {self.registry_poll_secs}"
+            )
+        if self.registry_alias_move not in ("switch", "canary"):
+            raise ValueError(f"registry_alias_move must be switch or canary, got "
+                             f"{self.registry_alias_move!r}")
+        try:
+            stages = [float(x) for x in self.registry_canary_stages.split(",") if x.strip()]
+        except ValueError:
+            stages = []
+        if not stages or stages != sorted(stages) or not all(0 < x <= 100 for x in stages):
+            raise ValueError("registry_canary_stages must be ascending percentages in "
+                             f"(0, 100], got {self.registry_canary_stages!r}")
+        if not 0 <= self.registry_canary_hold_secs <= 86400:
+            raise ValueError(f"registry_canary_hold_secs must be in 0..86400, got "
+                             f"{self.registry_canary_hold_secs}")
+        if not self.model_registry:
+            if self.registry_models or self.registry_tag:
+                raise ValueError("registry_models and registry_tag need model_registry")
+            return
+        if self.model_registry != "mlflow" and not self.model_registry.startswith(
+                ("mlflow://", "mlflow+http://", "mlflow+https://")):
+            raise ValueError(f"model_registry must be mlflow://HOST:PORT, "
+                             f"mlflow+https://HOST[:PORT][/PATH] or mlflow "
+                             f"(MLFLOW_TRACKING_URI), got {self.model_registry!r}")
+        if self.model_repository is None:
+            raise ValueError("model_registry needs model_repository: the synced versions "
+                             "are written there")
+        if not self.registry_models and not self.registry_tag:
+            raise ValueError("model_registry needs registry_models (names) or registry_tag "
+                             "(KEY=VALUE): which registered models to sync")
 
 
 def _field_type(f: dataclasses.Field) -> type:

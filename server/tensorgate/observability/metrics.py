@@ -422,12 +422,13 @@ class _Quiet(WSGIRequestHandler):
 
 def serve_metrics(
     host: str, port: int, versions: Callable[[], Iterable], events: ModelEvents | None = None,
-    routes=None, frontend=None, cache=None,
+    routes=None, frontend=None, cache=None, collectors: Iterable = (),
 ):
     """Start the /metrics HTTP server in a thread; returns (server, bound port).
     ``routes``: a RouteManager whose route and variant families are exposed too;
     ``frontend``: the native front end, whose counters are exposed too; ``cache``: the
-    response cache, likewise."""
+    response cache, likewise; ``collectors``: more prometheus_client collectors (e.g.
+    the prediction log's)."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     registry.register(StatsCollector(versions, events))
@@ -437,6 +438,8 @@ def serve_metrics(
         registry.register(NativeFrontendCollector(frontend))
     if cache is not None:
         registry.register(CacheCollector(cache))
+    for collector in collectors:
+        registry.register(collector)
     if routes is not None:
         from tensorgate.observability.route_metrics import RouteCollector
 

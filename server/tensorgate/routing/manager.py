@@ -42,6 +42,10 @@ MAX_EVENTS = 1000
 WEIGHT_TOLERANCE = 1e-6
 
 
+def _by(who: str) -> str:
+    return f" (by {who})" if who else ""
+
+
 class RouteManager:
     def __init__(self, repository, state_file: Path | None) -> None:
         self.repository = repository
@@ -109,7 +113,10 @@ class RouteManager:
 
     # -- changes -------------------------------------------------------------------------
 
-    def set_route(self, route: pb.Route, normalize: bool = False) -> tuple[pb.Route, list[str]]:
+    def set_route(self, route: pb.Route, normalize: bool = False, by: str = ""
+                  ) -> tuple[pb.Route, list[str]]:
+        """Create or replace a route; ``by``: who asked, when not a control-plane caller
+        (e.g. the registry sync), recorded in the event."""
         spec = pb.Route()
         spec.CopyFrom(route)
         spec.ClearField("rollout")
@@ -132,7 +139,8 @@ class RouteManager:
         )
         self._event(spec.name, "set", f"targets {targets}" + (" sticky" if spec.sticky else "")
                     + (f"; shadow {spec.shadow.model} {spec.shadow.fraction:g}"
-                       if spec.HasField("shadow") else "") + "".join(f"; {n}" for n in notes))
+                       if spec.HasField("shadow") else "") + "".join(f"; {n}" for n in notes)
+                    + _by(by))
         return spec, notes
 
     def delete_route(self, name: str) -> None:
@@ -144,7 +152,7 @@ class RouteManager:
         self._publish()
         self._event(name, "delete", "route deleted")
 
-    def start_rollout(self, name: str, spec: pb.RolloutSpec) -> pb.Route:
+    def start_rollout(self, name: str, spec: pb.RolloutSpec, by: str = "") -> pb.Route:
         route = self.get_route(name)
         if route.rollout.state in ro.ACTIVE:
             raise FailedPrecondition(f"route '{name}' already has a rollout {route.rollout.state}")
@@ -183,7 +191,8 @@ class RouteManager:
         self._publish()
         self._event(name, "rollout_start",
                     f"canary to {spec.candidate_model}:{spec.candidate_version or 'default'}, "
-                    f"stages {stages}, hold {spec.hold_secs or ro.DEFAULT_HOLD_SECS:g} s")
+                    f"stages {stages}, hold {spec.hold_secs or ro.DEFAULT_HOLD_SECS:g} s"
+                    + _by(by))
         self._start_driver(name, route.rollout)
         return route
 
@@ -209,11 +218,11 @@ class RouteManager:
         self.promote_now(name, "promoted on request")
         return self._specs[name]
 
-    def rollback_rollout(self, name: str, reason: str) -> pb.Route:
+    def rollback_rollout(self, name: str, reason: str, by: str = "") -> pb.Route:
         route = self.get_route(name)
         if route.rollout.state not in ro.ACTIVE:
             raise FailedPrecondition(f"route '{name}' has no rollout to roll back")
-        self.rollback_now(name, reason or "rolled back on request")
+        self.rollback_now(name, (reason or "rolled back on request") + _by(by))
         return self._specs[name]
 
     # -- called by the rollout driver ------------------------------------------------------
