@@ -259,7 +259,8 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
                              f"(the first file, {files[0].path.name}, has it)")
     batch_size = batch_size_for(model, job.batch_size)
     layout = Layout(job.output, job.errors, job.summary)
-    chunk_rows = job.chunk_rows or _previous_chunk_rows(layout) or default_chunk_rows(plan)
+    previous = None if job.overwrite else _previous_chunk_rows(layout)
+    chunk_rows = job.chunk_rows or previous or default_chunk_rows(plan)
     read_schema = pa.schema([schema.field(c) for c in plan.read_columns])
     out_schema = pa.schema(
         [read_schema.field(c) for c in plan.passthrough]
