@@ -33,6 +33,7 @@ from tensorgate.http.server import HttpServer
 from tensorgate.http.server import ssl_context as _http_ssl_context
 from tensorgate.http.service import HttpService
 from tensorgate.observability import logs as obs_logs
+from tensorgate.observability import prediction_log as obs_prediction_log
 from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.drift import DriftMonitor
 from tensorgate.observability.hooks import ModelHooks
@@ -186,6 +187,13 @@ async def serve(settings: Settings) -> int:
     drift = _drift_monitor(settings, repository, dataplane)
     if settings.request_log_sample_ratio > 0:
         dataplane.observers.append(obs_logs.RequestLog(settings.request_log_sample_ratio))
+    try:
+        prediction_log = _prediction_log(settings, repository)
+    except (RuntimeError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    if prediction_log is not None:
+        dataplane.observers.append(prediction_log)
     service = InferenceService(
         repository, dataplane, state, security.guard, LogSettings(settings.log_format)
     )
@@ -262,7 +270,8 @@ async def serve(settings: Settings) -> int:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
                 hooks.events, routes, frontend, cache,
-                [registry.collector()] if registry is not None else (),
+                ([prediction_log.collector()] if prediction_log is not None else [])
+                + ([registry.collector()] if registry is not None else []),
             )
         except OSError as exc:
             return give_up("metrics", settings.metrics_port, exc)
@@ -367,6 +376,8 @@ async def serve(settings: Settings) -> int:
     if cache is not None:
         await cache.close()
     shared_memory.close()
+    if prediction_log is not None:  # every request is answered: write what is buffered
+        await loop.run_in_executor(None, prediction_log.close)
     obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:
         metrics_server.shutdown()
@@ -389,6 +400,26 @@ def _response_cache(settings: Settings, repository: ModelRepository) -> Response
     log.info("response cache: %d bytes%s", settings.cache_size,
              f", Redis at {remote.where} (TTL {settings.cache_redis_ttl_secs} s)" if remote else "")
     return cache
+
+
+def _prediction_log(
+    settings: Settings, repository: ModelRepository
+) -> obs_prediction_log.PredictionLog | None:
+    """The prediction log (--prediction-log-dir), listening to the repository; None
+    when off. RuntimeError/OSError when it cannot write there."""
+    if settings.prediction_log_dir is None:
+        return None
+    plog = obs_prediction_log.PredictionLog(
+        settings.prediction_log_dir, settings.prediction_log_sample_ratio,
+        settings.prediction_log_rotate_bytes, settings.prediction_log_rotate_secs,
+        settings.prediction_log_buffer_size, repository, settings.allow_client_shm,
+    )
+    repository.listeners.append(plog)
+    log.info("prediction log: %s, sample ratio %g, files rotated at %d bytes or %g s, "
+             "buffer %d requests", settings.prediction_log_dir,
+             settings.prediction_log_sample_ratio, settings.prediction_log_rotate_bytes,
+             settings.prediction_log_rotate_secs, settings.prediction_log_buffer_size)
+    return plog
 
 
 def _drift_monitor(settings: Settings, repository: ModelRepository, dataplane: DataPlane

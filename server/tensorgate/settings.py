@@ -65,6 +65,15 @@ _BYTE_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+def _parse_bytes(name: str, raw: str) -> int:
+    """A size in bytes with an optional K/M/G/T suffix (powers of 1024)."""
+    match = _BYTE_SIZE_RE.match(raw)
+    if match is None:
+        raise ValueError(f"{name}: expected a size in bytes such as 1048576, 64M or 1G, "
+                         f"got {raw!r}")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+
+
 def parse_cache_size(raw: str) -> int:
     """--cache-size: bytes, with an optional K/M/G/T suffix (powers of 1024: 64M, 1G,
     64MiB); also Triton's spellings, --cache-config local,size=N and
@@ -199,6 +208,45 @@ class Settings:
         metadata=_doc(
             "Fraction of requests to versions with a drift profile that are summarised "
             "(0 = drift monitoring off, profiles are then not read)."
+        ),
+    )
+    prediction_log_dir: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Write a sampled share of served requests (inputs, outputs, model, version, "
+            "route, request and trace id, latency, status) as Parquet files under this "
+            "directory, DIR/<model>/<date>/part-*.parquet (needs pyarrow: the logs "
+            "extra); unset: off."
+        ),
+    )
+    prediction_log_sample_ratio: float = field(
+        default=1.0,
+        metadata=_doc(
+            "With --prediction-log-dir: the fraction of requests logged; a model's "
+            "config.pbtxt parameter prediction_log_sample_ratio replaces it for that model."
+        ),
+    )
+    prediction_log_rotate_bytes: int = field(
+        default=64 << 20,
+        metadata=_doc(
+            "Start a new prediction log file once one holds this many bytes (K, M, G "
+            "suffixes: powers of 1024).",
+            parse=lambda raw: _parse_bytes("prediction_log_rotate_bytes", raw),
+        ),
+    )
+    prediction_log_rotate_secs: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Finish a prediction log file after this many seconds (also at a new UTC date "
+            "and on shutdown); a crash loses at most the file being written."
+        ),
+    )
+    prediction_log_buffer_size: int = field(
+        default=4096,
+        metadata=_doc(
+            "Requests captured for the prediction log and not yet taken by its writer "
+            "thread; past this many, captures are dropped (counted on /metrics, the "
+            "requests are served as usual)."
         ),
     )
     trace_exporter: str = field(
@@ -537,6 +585,18 @@ class Settings:
             raise ValueError(
                 f"cache_redis_ttl_secs must be in 1..{30 * 86400}, got {self.cache_redis_ttl_secs}"
             )
+        if not 0.0 <= self.prediction_log_sample_ratio <= 1.0:
+            raise ValueError(f"prediction_log_sample_ratio must be in 0..1, got "
+                             f"{self.prediction_log_sample_ratio}")
+        if not 1 << 10 <= self.prediction_log_rotate_bytes <= 1 << 40:
+            raise ValueError(f"prediction_log_rotate_bytes must be in 1K..1T, got "
+                             f"{self.prediction_log_rotate_bytes}")
+        if not 1.0 <= self.prediction_log_rotate_secs <= 86400:
+            raise ValueError(f"prediction_log_rotate_secs must be in 1..86400, got "
+                             f"{self.prediction_log_rotate_secs}")
+        if not 1 <= self.prediction_log_buffer_size <= 1 << 20:
+            raise ValueError(f"prediction_log_buffer_size must be in 1..{1 << 20}, got "
+                             f"{self.prediction_log_buffer_size}")
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise ValueError(f"model_repository {str(self.model_repository)!r} is not a directory")
 

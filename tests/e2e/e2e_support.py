@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,21 @@ def model_ready(client, name: str, version: str = "") -> bool:
     except InferenceServerException as exc:
         assert status_of(exc) == "NOT_FOUND", exc
         return False
+
+
+def scrape(server: ServerProcess) -> str:
+    """The server's /metrics text."""
+    with urllib.request.urlopen(server.metrics_url + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", line)
+        if m:
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(m.group(2))
+    return total
