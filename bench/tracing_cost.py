@@ -16,17 +16,13 @@ Not part of CI.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-READY = re.compile(r"ready grpc=([\d.]+):(\d+)")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.serve_step import Server, add_step_arguments, closed_loop  # noqa: E402
 
 
 def _flags(config: str) -> list[str]:
@@ -40,63 +36,21 @@ def _flags(config: str) -> list[str]:
     raise SystemExit(f"unknown configuration {config!r} (off, on0, N%)")
 
 
-def _start(config: str):
-    args = [sys.executable, "-m", "tensorgate", "serve", "--grpc-port", "0",
-            "--http-port", "-1", "--metrics-port", "-1", *_flags(config)]
-    # stdout (the console exporter's spans) goes to /dev/null; the log is on stderr.
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def drain():
-        for line in proc.stderr:
-            m = READY.search(line)
-            if m and not found:
-                found.append(f"{m.group(1)}:{m.group(2)}")
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(60):
-        proc.kill()
-        raise SystemExit(f"server for {config} never got ready")
-    return proc, found[0]
-
-
 def _run_once(config: str, args) -> tuple[float, float]:
     """(requests/s, server CPU µs per request) of one closed-loop step."""
-    proc, url = _start(config)
+    # stdout (the console exporter's spans) goes to /dev/null; the log is on stderr.
+    server = Server(["--metrics-port", "-1", *_flags(config)])
     try:
-        with tempfile.TemporaryDirectory() as out:
-            subprocess.run(
-                [sys.executable, "-m", "bench", "run", "--url", url, "--model", args.model,
-                 "--concurrency", str(args.concurrency), "--duration", str(args.duration),
-                 "--warmup", str(args.warmup), "--quiet", "--output", out,
-                 "--server-pid", str(proc.pid)],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            doc = json.loads((Path(out) / "results.json").read_text())
-        (step,) = doc["runs"][0]["steps"]
-        cpu = (step.get("server_cpu") or {}).get("us_per_request") or float("nan")
-        return float(step["requests_per_s"]), float(cpu)
+        return closed_loop(server, args.model, args.concurrency, args.duration, args.warmup)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing_cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="simple_mlp")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--configs", default="off,1%")
+    add_step_arguments(parser, model="simple_mlp", concurrency=16, duration=5.0, warmup=1.0,
+                       repeat=3, configs="off,1%")
     args = parser.parse_args(argv)
     configs = args.configs.split(",")
     results: dict[str, list[float]] = {c: [] for c in configs}
