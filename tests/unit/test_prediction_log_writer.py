@@ -172,3 +172,9 @@ def test_settings_fields():
                 {"prediction_log_rotate_secs": 0.1}, {"prediction_log_rotate_bytes": 10}):
         with pytest.raises(ValueError):
             Settings(**bad)
+
+
+def test_a_directory_that_cannot_be_made_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RuntimeError, match="--prediction-log-dir .*Not a directory"):
+        plog.PredictionLog(tmp_path / "file" / "logs")

@@ -156,7 +156,12 @@ class PredictionLog:
         # in the writer while the server serves.
         pa.array([0])
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"--prediction-log-dir {str(self.directory)!r}: {exc.strerror or exc}"
+            ) from None
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise RuntimeError(f"--prediction-log-dir {str(self.directory)!r} is not writable")
         self.ratio = ratio
