@@ -277,6 +277,8 @@ def _fmt_ms(ms: float) -> str:
 
 
 def _fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
     return f"{x / 1000:.1f}k" if x >= 10_000 else f"{x:.0f}"
 
 
