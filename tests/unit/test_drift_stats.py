@@ -132,6 +132,19 @@ def test_extractor_values_by_hand():
     assert ex.matrix([arr]).tolist() == [[3, 1], [6, 2], [3, 0], [3, 0]]
 
 
+def test_extractor_chunks_rows_through_its_buffer(monkeypatch):
+    monkeypatch.setattr(F, "SCRATCH_BYTES", 1100)  # 2 rows of 64 floats: 512 bytes
+    (ex,) = F.extractors(F.plan({"X": spec("X", dims=(64,))}, {}))
+    rng = np.random.default_rng(9)
+    arrays = [rng.standard_normal((2, 64)).astype(np.float32) for _ in range(7)]
+    arrays.append(np.frombuffer(b"\0" + arrays[0].tobytes(), np.float32, offset=1
+                                ).reshape(2, 64))  # unaligned, as a view of a request
+    rows = np.concatenate(arrays).astype(np.float64)
+    m = ex.matrix(arrays)
+    assert np.allclose(m[:, 0], rows.mean(axis=1), atol=1e-6)
+    assert np.allclose(m[:, 1], np.linalg.norm(rows, axis=1), rtol=1e-5)
+
+
 # -- profile and monitor -------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ELEMENTWISE_MAX = 32
+SCRATCH_BYTES = 1 << 20  # rows copied together per pass: fits a core's L2 cache
 
 ELEMENT, MEAN, NORM, LENGTH, BYTES_LENGTH, CATEGORY = (
     "element", "mean", "norm", "length", "bytes_length", "category",
@@ -77,6 +78,7 @@ class Extractor:
         self.categories = list(categories or [])
         self._codes = {c: i for i, c in enumerate(self.categories)}
         self._kinds = [f.kind for f in features]
+        self._scratch: np.ndarray | None = None  # reused by matrix() (one thread)
 
     @property
     def names(self) -> list[str]:
@@ -89,10 +91,31 @@ class Extractor:
         if self.bytes:
             return self._bytes_matrix(arrays)
         first = arrays[0].shape[1:]
-        if all(a.shape[1:] == first for a in arrays):
-            rows = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-            return self._numeric(rows)
-        return np.concatenate([self._numeric(a) for a in arrays])
+        if not all(a.shape[1:] == first for a in arrays):
+            return np.concatenate([self._numeric(a) for a in arrays])
+        # Rows are copied together a chunk at a time into one reused buffer that stays
+        # in a core's cache, so the reductions read them from there (a fresh array of
+        # every row would be one more pass through memory, and page faults).
+        parts, chunk, size = [], [], 0
+        for a in arrays:
+            if chunk and size + a.nbytes > SCRATCH_BYTES:
+                parts.append(self._chunk(chunk, size))
+                chunk, size = [], 0
+            chunk.append(a)
+            size += a.nbytes
+        parts.append(self._chunk(chunk, size))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _chunk(self, arrays: list[np.ndarray], nbytes: int) -> np.ndarray:
+        if len(arrays) == 1:
+            return self._numeric(arrays[0])
+        if self._scratch is None or len(self._scratch) < nbytes:
+            self._scratch = np.empty(max(nbytes, SCRATCH_BYTES), np.uint8)
+        first = arrays[0]
+        rows = self._scratch[:nbytes].view(first.dtype).reshape(
+            (sum(len(a) for a in arrays),) + first.shape[1:])
+        np.concatenate(arrays, out=rows)
+        return self._numeric(rows)
 
     def _numeric(self, array: np.ndarray) -> np.ndarray:
         n = array.shape[0]
