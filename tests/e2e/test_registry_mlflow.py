@@ -147,6 +147,9 @@ class MlflowServer:
              "--artifacts-destination", str(self.root / "artifacts")],
             cwd=self.root, stdin=subprocess.DEVNULL,
             stdout=open(self.root / "server.log", "wb"), stderr=subprocess.STDOUT,
+            # The server's job runner (huey consumers, for its GenAI jobs) is not needed
+            # by a model registry and more than doubled its start here (12 s against 30).
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
 
     def wait(self, timeout: float = 120.0) -> None:
