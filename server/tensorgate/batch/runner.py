@@ -298,7 +298,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
         threading.Thread(target=count, name="tensorgate-batch-count", daemon=True).start()
     runner = _ChunkRunner(model, plan, batch_size, layout, manifest, files, out_schema)
     runner.read_schema = read_schema
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     try:
         if not manifest.complete:
             await runner.run_all(progress)
@@ -306,7 +306,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
             await asyncio.to_thread(manifest.save)
     finally:
         progress.stop()
-    seconds = time.monotonic() - t0
+    seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
     ok, failed = manifest.totals()
     summary = {
         "model": model.name, "version": model.version_str, "route": job.route,
@@ -315,6 +315,7 @@ async def _run_loaded(job: Job, files, schema, maps, model, started: float) -> R
         "errors_file": str(layout.errors) if failed else None,
         "rows_this_run": runner.rows_done, "rows_resumed": resumed_rows,
         "seconds": round(seconds, 3), "seconds_with_load": round(time.monotonic() - started, 3),
+        "cpu_seconds": round(cpu, 3),  # of every thread of the process, while it ran
         "rows_per_s": round(runner.rows_done / seconds, 1) if seconds > 0 else None,
         "batch_size": batch_size, "chunk_rows": chunk_rows,
         "instances": len(model.devices), "fingerprint": fingerprint,
