@@ -28,16 +28,18 @@ NATIVE_MISSING = (
 )
 NATIVE_MISSING_RATIO = "a third"
 
-# Optional packages a user may have added, and what each enables.
-_EXTRAS = {
-    "tritonclient": "the official v2 clients (tests, examples)",
-    "hdrhistogram": "the load harness (python -m bench)",
-    "rich": "the load harness' progress display",
-    "ray": "batch inference on Ray Data",
-    "pyarrow": "Parquet input and output",
-    "mlflow": "an MLflow registry as a model source",
-    "redis": "a shared response cache",
-}
+# Optional packages a user may have added: (distribution, import name, what it enables).
+_EXTRAS = (
+    ("tritonclient", "tritonclient", "the official v2 clients (tests, examples)"),
+    ("hdrhistogram", "hdrh", "the load harness (python -m bench)"),
+    ("rich", "rich", "the load harness' progress display, batch progress"),
+    ("pyarrow", "pyarrow", "Parquet: tensorgate batch, prediction logs"),
+    ("ray", "ray", "tensorgate batch --ray (Ray Data)"),
+    ("redis", "redis", "a response cache shared through Redis"),
+    ("mlflow-skinny", "mlflow", "an MLflow registry as a model source"),
+    ("onnxconverter-common", "onnxconverter_common", "tensorgate optimize --to fp16"),
+    ("onnxruntime-extensions", "onnxruntime_extensions", "tokenizer and string custom ops"),
+)
 _PACKAGES = ("grpcio", "protobuf", "numpy", "uvloop", "httptools", "orjson",
              "prometheus-client", "opentelemetry-sdk")
 
@@ -96,10 +98,11 @@ def installation_report() -> dict:
         report["onnxruntime"] = f"{ort.__version__} ({dist})"
         report["execution_providers"] = _working_providers(ort)
     report["packages"] = {name: _version(name) for name in _PACKAGES}
-    report["extras"] = {
-        name: (_version(name) if importlib.util.find_spec(name) else None) and what
-        for name, what in _EXTRAS.items()
-    }
+    report["extras"] = {}
+    for dist, module, what in _EXTRAS:
+        version = _version(dist) or (_version("mlflow") if module == "mlflow" else None)
+        if version and importlib.util.find_spec(module):
+            report["extras"][dist] = f"{version}: {what}"
     return report
 
 
@@ -118,8 +121,10 @@ def print_report(report: dict, out=sys.stdout) -> None:
         line(f"  {provider}", state)
     for name, version in report["packages"].items():
         line(name, version or "missing")
-    installed = [f"{n} ({w})" for n, w in report["extras"].items() if w]
-    line("extras", ", ".join(installed) if installed else "none")
+    if not report["extras"]:
+        line("extras", "none")
+    for name, what in report["extras"].items():
+        line(f"extra {name}", what)
 
 
 def warn_if_native_missing(settings, log: logging.Logger) -> None:
