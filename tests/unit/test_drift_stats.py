@@ -270,6 +270,7 @@ def test_collector_exposes_the_contract_names():
     registry.register(DriftCollector(lambda: [model, idle]))
     text = exposition(registry).decode()
     assert 'tensorgate_drift_rows_total{model="m",version="1"} 0.0' in text
+    assert 'tensorgate_drift_cpu_seconds_total{model="m",version="1"} 0.0' in text
     assert "tensorgate_drift_score{" not in text  # no window closed yet
     monitor.add([({"X": x[:100] + 3}, {"Y": x[:100, :1] + 3})], now=1.0)
     text = exposition(registry).decode()

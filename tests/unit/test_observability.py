@@ -223,7 +223,8 @@ def test_grafana_dashboard_uses_only_metrics_we_expose():
 
     window = SimpleNamespace(score=0.3, rows=10, psi={"X[0]": 0.3}, ks={"X[0]": 0.2})
     monitored = SimpleNamespace(drift_monitor=SimpleNamespace(
-        name="m", version="1", rows_total=10, dropped=0, windows=1, last=window))
+        name="m", version="1", rows_total=10, dropped=0, windows=1, cpu_seconds=0.0,
+        last=window))
     registry.register(DriftCollector(lambda: [monitored]))
     exposed = set(re.findall(r"^(\w+)[{ ]", exposition(registry).decode(), re.M))
     assert used and used <= exposed, used - exposed

@@ -25,7 +25,8 @@ byte gauges and Redis counters (CacheCollector).
 
 Drift (versions with a profile.json, observability/drift): ``tensorgate_drift_psi`` and
 ``tensorgate_drift_ks`` per feature, ``tensorgate_drift_score`` per version (the last
-closed window's values), rows monitored, samples dropped, windows (DriftCollector).
+closed window's values), rows monitored, samples dropped, windows, the drift thread's
+CPU time (DriftCollector).
 """
 
 from __future__ import annotations
@@ -315,11 +316,15 @@ class DriftCollector:
             "queue was full", labels=LABELS)
         windows = CounterMetricFamily(
             "tensorgate_drift_windows", "Drift windows closed", labels=LABELS)
+        cpu = CounterMetricFamily(
+            "tensorgate_drift_cpu_seconds", "CPU time the drift thread spent on a version "
+            "(features, windows, statistics)", labels=LABELS)
         for m in monitors:
             labels = [m.name, m.version]
             rows.add_metric(labels, m.rows_total)
             dropped.add_metric(labels, m.dropped)
             windows.add_metric(labels, m.windows)
+            cpu.add_metric(labels, m.cpu_seconds)
             last = m.last  # one read: the drift thread replaces it whole
             if last is None:
                 continue
@@ -329,7 +334,7 @@ class DriftCollector:
                 psi.add_metric(labels + [name], value)
             for name, value in last.ks.items():
                 ks.add_metric(labels + [name], value)
-        yield from (psi, ks, score, window_rows, rows, dropped, windows)
+        yield from (psi, ks, score, window_rows, rows, dropped, windows, cpu)
 
 
 # prometheus_client writes "# TYPE x_total counter" for every counter, but Triton's

@@ -42,6 +42,7 @@ POLL_S = 0.02
 MIN_WINDOW_ROWS = 100
 _random = random.random
 _monotonic = time.monotonic
+_thread_time = time.thread_time
 
 
 class Window:
@@ -80,6 +81,7 @@ class VersionMonitor:
         self._first = next((e.tensor for e in self.extractors if e.source == "input"), None)
         self.rows_total = 0  # rows added to windows
         self.dropped = 0  # sampled requests dropped: the queue was full
+        self.cpu_seconds = 0.0  # the drift thread's CPU time spent on this version
         self.windows = 0
         self.last: Window | None = None
         self._parts: list[list[np.ndarray]] = [[] for _ in self.extractors]
@@ -323,19 +325,24 @@ class DriftMonitor:
                 else:
                     entry[1].append((inputs, outputs))
             for monitor, items in groups.values():
+                started = _thread_time()
                 try:
                     monitor.add(items, _monotonic())
                 except Exception:  # a request shaped unlike the profile: say so once
                     if monitor.label not in failed:
                         failed.add(monitor.label)
                         log.exception("drift: %s: could not summarise requests", monitor.label)
+                monitor.cpu_seconds += _thread_time() - started
             now = _monotonic()
             for monitor in list(self.monitors.values()):
+                started = _thread_time()
                 try:
                     window = monitor.tick(now)
                 except Exception:
                     log.exception("drift: %s: window failed", monitor.label)
                     continue
+                finally:
+                    monitor.cpu_seconds += _thread_time() - started
                 if window is not None and log.isEnabledFor(logging.DEBUG):
                     log.debug("drift: %s: window of %d rows, score %.4f (%s)",
                               monitor.label, window.rows, window.score, window.worst)
