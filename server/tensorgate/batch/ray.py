@@ -60,6 +60,9 @@ class TensorGatePredictor:
         self._thread.start()
         self._repo, self._model = self._wait(self._open())
         self._plans: dict = {}
+        from tensorgate.runtime.heap import freeze
+
+        freeze()  # as runner.run: long-lived objects out of the collector's sight
 
     async def _open(self):
         from tensorgate.batch.runner import open_model
