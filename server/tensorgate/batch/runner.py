@@ -245,8 +245,8 @@ async def run(job: Job) -> Result:
     from tensorgate.runtime.heap import freeze
 
     # As the server does after a load: the modules and the model's objects, alive for
-    # the whole run, are moved out of the cyclic collector's sight; without this its
-    # full collections walked them all, a third of the process's CPU on convnet.
+    # the whole run, are moved out of the cyclic collector's sight. (Measured on
+    # convnet, 8,000 rows: one full collection either way, so no change in CPU per row.)
     freeze()
     try:
         return await _run_loaded(job, files, schema, maps, model, started)
