@@ -11,11 +11,13 @@ is copied here, off the loop; hashes are computed here) and writes Parquet files
     DIR/<model>/<YYYY-MM-DD>/part-<HHMMSS>-<run>-<n>.parquet
 
 (UTC date and time the file was started, a random token per server process, a counter).
-A file is written under a hidden temporary name (``.part-...parquet.tmp``, which
-pyarrow's dataset readers skip), synced and renamed when it reaches the rotation size or
-age, when the UTC date changes, when its model's columns change (a new version with
-other tensors), and on graceful shutdown (SIGTERM/SIGINT). A crash loses the queue and
-the file being written, no more (bounded by the rotation size and age).
+A file is made in memory (a mapping reused from file to file, direct_write) and written
+out whole, with O_DIRECT where the file system takes it, under a hidden temporary name
+(``.part-...parquet.tmp``, which pyarrow's dataset readers skip), synced and renamed,
+when it reaches the rotation size or age, when the UTC date changes, when its model's
+columns change (a new version with other tensors), and on graceful shutdown
+(SIGTERM/SIGINT). A crash loses the queue and the file being made, no more (bounded by
+the rotation size and age).
 
 One row per request. Columns: ``timestamp`` (UTC, µs: when the request reached the model
 version), ``model``, ``version``, ``route`` and ``variant`` (the route's name and the
@@ -58,6 +60,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from tensorgate.observability.direct_write import DirectWriter
+
 log = logging.getLogger("tensorgate.prediction_log")
 
 RATIO_PARAMETER = "prediction_log_sample_ratio"
@@ -67,6 +71,7 @@ HASH_PARAMETER = "prediction_log_hash"
 DRAIN_INTERVAL_S = 0.2  # how often the writer thread empties the queue
 ROW_GROUP_BYTES = 16 << 20  # tensor data gathered before a Parquet row group is written
 ERROR_LOG_INTERVAL_S = 30.0  # at most one write-error line this often
+_FILE_SLACK = 4 << 20  # a file's bytes beyond its tables' data: headers, levels, footer
 _POLICY = "prediction_log_policy"  # the attribute a version carries once decided
 _SCALARS = ("model", "version", "route", "variant", "request_id", "trace_id", "status")
 _DICTIONARY = ["model", "version", "route", "variant", "status"]
@@ -253,9 +258,13 @@ class PredictionLog:
 
 
 class _Part:
-    """One Parquet file being written (under its temporary name)."""
+    """One Parquet file being made, in a reused page-aligned mapping of ``capacity``
+    bytes (direct_write), written out whole when finished under its temporary name,
+    synced, then renamed. So an open file costs its size in memory, as the page cache
+    would have held it anyway."""
 
-    def __init__(self, folder: Path, name: str, schema, signature, date: str) -> None:
+    def __init__(self, folder: Path, name: str, schema, signature, date: str,
+                 out: DirectWriter, capacity: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -268,7 +277,10 @@ class _Part:
         self.rows = 0  # rows handed to this file (written or pending)
         self.pending: list = []
         self.pending_bytes = 0
-        self.sink = pa.OSFile(str(self.tmp), "wb")
+        self.capacity = capacity
+        self._out = out
+        self._mapping = out.mapping(capacity)
+        self.sink = pa.FixedSizeBufferWriter(pa.py_buffer(self._mapping))
         # Tensor bytes are written as they are: compressing them costs CPU per byte
         # (Snappy: a quarter more writer time per convnet row, measured) and gains little
         # on floats; the other columns are small and repetitive.
@@ -302,24 +314,35 @@ class _Part:
         return self.sink.tell() + self.pending_bytes
 
     def finish(self) -> int:
-        """Close, sync and rename; the file's size."""
+        """Write the file, sync it and rename it; its size."""
         self.flush()
         self.writer.close()
-        self.sink.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
+        length = self.sink.tell()
+        self._drop_views()
         try:
-            os.fsync(fd)
+            self._out.write_file(self.tmp, self._mapping, length)
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            self._unlink()
+            raise
         finally:
-            os.close(fd)
-        os.replace(self.tmp, self.final)
-        return self.final.stat().st_size
+            self._out.release(self._mapping)
+        return length
 
     def discard(self) -> None:
-        for close in (self.writer.close, self.sink.close):
-            try:
-                close()
-            except Exception:  # already broken: the file is being thrown away
-                pass
+        try:
+            self.writer.close()
+        except Exception:  # already broken: the file is being thrown away
+            pass
+        self._drop_views()
+        self._out.release(self._mapping)
+        self._unlink()
+
+    def _drop_views(self) -> None:
+        self.pending = []
+        self.writer = self.sink = None  # their views of the mapping go with them
+
+    def _unlink(self) -> None:
         try:
             self.tmp.unlink()
         except OSError:
@@ -341,6 +364,9 @@ class _Writer:
         self.rotate_secs = rotate_secs
         self.stop = threading.Event()
         self.parts: dict[str, _Part] = {}  # by model name
+        self.out = DirectWriter()
+        # A file ends once it holds rotate_bytes: it may take one more chunk past that.
+        self.capacity = rotate_bytes + ROW_GROUP_BYTES + _FILE_SLACK
         self.run_token = os.urandom(4).hex()
         self.sequence = 0
         self.last_error = -1e9
@@ -385,12 +411,18 @@ class _Writer:
         model = policy.model
         try:
             table = to_table(policy, captures)
+            # Room for its data, page headers and the footer: a file never outgrows
+            # the mapping it is made in.
+            need = table.nbytes + _FILE_SLACK
             part = self.parts.get(model)
-            if part is not None and part.signature != policy.signature:
-                self._finish(model)  # a version with other columns: a file of its own
+            if part is not None and (part.signature != policy.signature
+                                     or part.size + need > part.capacity):
+                self._finish(model)  # other columns (a new version), or full
                 part = None
             if part is None:
-                part = self.parts[model] = self._open(model, table.schema, policy.signature)
+                part = self.parts[model] = self._open(
+                    model, table.schema, policy.signature, max(self.capacity, need)
+                )
         except Exception as exc:  # nothing of this chunk reached a file
             self._failed(model, len(captures), exc)
             return
@@ -404,14 +436,14 @@ class _Writer:
         if part.size >= self.rotate_bytes:
             self._finish(model)
 
-    def _open(self, model: str, schema, signature) -> _Part:
+    def _open(self, model: str, schema, signature, capacity: int) -> _Part:
         self.sequence += 1
         now = time.gmtime()
         name = (f"part-{time.strftime('%H%M%S', now)}-{self.run_token}-"
                 f"{self.sequence:04d}.parquet")
         date = time.strftime("%Y-%m-%d", now)
         folder = self.owner.directory / _folder_name(model) / date
-        return _Part(folder, name, schema, signature, date)
+        return _Part(folder, name, schema, signature, date, self.out, capacity)
 
     def _finish(self, model: str) -> None:
         part = self.parts.pop(model)
