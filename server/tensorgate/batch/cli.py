@@ -79,7 +79,7 @@ def add_parser(verbs) -> None:
                    "size, else max_batch_size; at most max_batch_size)")
     p.add_argument("--chunk-rows", type=_positive, default=None,
                    help="rows read, run and committed together; the unit of resume and of "
-                   "memory (default: about 16 MiB of input, at most 16384 rows, 2048 for "
+                   "memory (default: about 32 MiB of input, at most 16384 rows, 2048 for "
                    "variable-length inputs)")
     p.add_argument("--errors", metavar="PATH", type=Path, default=None,
                    help="JSON Lines file of the rows that failed (default: _errors.jsonl in "
