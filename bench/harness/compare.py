@@ -68,6 +68,14 @@ def _driver_for(peer, driver: str, protocol: str = "grpc") -> str:
     return "harness"
 
 
+def _clip(text: str, head: int = 300, tail: int = 2500) -> str:
+    """A start failure's message: its first lines and the end of the server log (where
+    the server's own error is), not the start of a long log."""
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}\n[...]\n{text[-tail:]}"
+
+
 def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
               driver: str = "harness", protocol: str = "grpc") -> dict:
     peer = cls()
@@ -79,7 +87,7 @@ def _run_peer(cls, repo: Path, scenario: Scenario, inputs, progress: bool,
     try:
         url = peer.start(repo, scenario.model)
     except Exception as exc:
-        return results.not_run(peer.name, f"failed to start: {str(exc)[:2000]}", scenario.model)
+        return results.not_run(peer.name, f"failed to start: {_clip(str(exc))}", scenario.model)
     try:
         pids = getattr(peer, "group_pids", None) or (lambda: [peer.pid()])
         if protocol == "http":
