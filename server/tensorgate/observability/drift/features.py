@@ -90,12 +90,14 @@ class Extractor:
             return np.empty((0, len(self.features)))
         if self.bytes:
             return self._bytes_matrix(arrays)
-        first = arrays[0].shape[1:]
-        if not all(a.shape[1:] == first for a in arrays):
+        if len({a.shape[1:] for a in arrays}) > 1:
             return np.concatenate([self._numeric(a) for a in arrays])
         # Rows are copied together a chunk at a time into one reused buffer that stays
         # in a core's cache, so the reductions read them from there (a fresh array of
         # every row would be one more pass through memory, and page faults).
+        total = sum([a.nbytes for a in arrays])
+        if total <= SCRATCH_BYTES:
+            return self._chunk(arrays, total)
         parts, chunk, size = [], [], 0
         for a in arrays:
             if chunk and size + a.nbytes > SCRATCH_BYTES:
@@ -113,7 +115,7 @@ class Extractor:
             self._scratch = np.empty(max(nbytes, SCRATCH_BYTES), np.uint8)
         first = arrays[0]
         rows = self._scratch[:nbytes].view(first.dtype).reshape(
-            (sum(len(a) for a in arrays),) + first.shape[1:])
+            (sum(map(len, arrays)),) + first.shape[1:])
         np.concatenate(arrays, out=rows)
         return self._numeric(rows)
 

@@ -14,8 +14,8 @@ tensor per wake-up) and adds them to the version's current window. A window clos
 after ``window_rows`` rows or ``window_secs`` seconds, whichever comes first (a window
 closed by time with fewer than ``MIN_WINDOW_ROWS`` rows is extended instead: PSI over
 a handful of rows is noise). Windows follow one another without overlap; on closing,
-PSI (every feature) and KS (numeric features) against the version's profile are
-computed, and the result replaces the version's ``last`` window, read by /metrics and
+PSI (every feature) and KS (numeric features; at most ``KS_VALUES`` of the window's
+values) against the version's profile are computed, and the result replaces the version's ``last`` window, read by /metrics and
 by rollout guards.
 """
 
@@ -40,6 +40,9 @@ log = logging.getLogger("tensorgate.drift")
 QUEUE_CAPACITY = 1024  # sampled requests waiting for the thread (references only)
 POLL_S = 0.02
 MIN_WINDOW_ROWS = 100
+# KS compares at most this many of a window's values (every k-th) with the profile's
+# sample (1,000 by default): its resolution is the reference sample's anyway.
+KS_VALUES = 2000
 _random = random.random
 _monotonic = time.monotonic
 _thread_time = time.thread_time
@@ -93,9 +96,16 @@ class VersionMonitor:
         return list(self.refs)
 
     def add(self, items: list, now: float) -> None:
-        """Sampled requests, as (inputs, outputs) by name, into the current window; a
-        window that fills up closes at the request that filled it."""
-        counts = [self._rows_of(inputs) for inputs, _ in items]
+        """Sampled requests, each (inputs, outputs, ...) by name, into the current
+        window; a window that fills up closes at the request that filled it."""
+        first = self._first
+        if not self.batched or first is None:
+            counts = [1] * len(items)
+        else:
+            try:
+                counts = [len(item[0][first]) for item in items]
+            except KeyError:  # an optional first input left out: one row
+                counts = [len(item[0][first]) if first in item[0] else 1 for item in items]
         start, filled = 0, self._rows
         for j, rows in enumerate(counts):
             filled += rows
@@ -106,16 +116,15 @@ class VersionMonitor:
         if start < len(items):
             self._add(items[start:], filled - self._rows, now)
 
-    def _rows_of(self, inputs: dict) -> int:
-        if not self.batched or self._first is None or self._first not in inputs:
-            return 1
-        return len(inputs[self._first])
-
     def _add(self, items: list, rows: int, now: float) -> None:
         for ex, parts in zip(self.extractors, self._parts):
-            key = 0 if ex.source == "input" else 1
-            arrays = [rows_first(item[key][ex.tensor], self.batched) for item in items
-                      if ex.tensor in item[key]]
+            key, tensor = (0 if ex.source == "input" else 1), ex.tensor
+            try:
+                arrays = [item[key][tensor] for item in items]
+            except KeyError:  # an optional input some requests left out
+                arrays = [item[key][tensor] for item in items if tensor in item[key]]
+            if not self.batched:
+                arrays = [rows_first(a, False) for a in arrays]
             if arrays:
                 parts.append(ex.matrix(arrays))
         if not self._rows:  # a window opens with its first rows
@@ -144,7 +153,8 @@ class VersionMonitor:
                     counts = stats.code_counts(column, len(ref.fractions))
                 else:
                     counts = stats.bin_counts(ref.edges, column)
-                    ks[f.name] = stats.ks(ref.sample, column)
+                    step = -(-len(column) // KS_VALUES)  # every step-th value
+                    ks[f.name] = stats.ks(ref.sample, column[::step])
                 psi[f.name] = stats.psi(ref.fractions, stats.fractions(counts),
                                         expected_rows=ref.rows, actual_rows=len(column))
                 if ex.source == "output":
@@ -214,7 +224,7 @@ class DriftMonitor:
         if len(self._queue) >= self.capacity:
             monitor.dropped += 1
             return
-        self._queue.append((monitor, outcome.arrays, outcome.outputs))
+        self._queue.append((outcome.arrays, outcome.outputs, monitor))
 
     # -- repository changes (a listener: awaited on the loop) -------------------------
 
@@ -315,16 +325,19 @@ class DriftMonitor:
         queue = self._queue
         failed: set = set()
         while not self._stop.is_set():
-            n = len(queue)
-            groups: dict[int, tuple[VersionMonitor, list]] = {}
-            for _ in range(n):
-                monitor, inputs, outputs = queue.popleft()
-                entry = groups.get(id(monitor))
-                if entry is None:
-                    groups[id(monitor)] = (monitor, [(inputs, outputs)])
+            pop = queue.popleft
+            items = [pop() for _ in range(len(queue))]  # (inputs, outputs, monitor)
+            groups: list = []
+            if items:
+                one = items[0][2]
+                if all(item[2] is one for item in items):  # one monitored version: usual
+                    groups.append((one, items))
                 else:
-                    entry[1].append((inputs, outputs))
-            for monitor, items in groups.values():
+                    by_monitor: dict[int, tuple] = {}
+                    for item in items:
+                        by_monitor.setdefault(id(item[2]), (item[2], []))[1].append(item)
+                    groups = list(by_monitor.values())
+            for monitor, items in groups:
                 started = _thread_time()
                 try:
                     monitor.add(items, _monotonic())
