@@ -13,7 +13,7 @@ them); the batch job runs exactly that.
 Every contender reads the same Parquet file and writes a Parquet file with the id
 column and the outputs (the job's I/O), timed from the first read to the closed output,
 session creation excluded (the job's model load is excluded too: its summary's
-``seconds``):
+``seconds``), each run in a process of its own (as a user runs a job or a script):
 
 - ``tensorgate batch``: the CLI as a user runs it (a subprocess), its summary's rows/s;
 - ceiling: the fastest of several in-process ONNX Runtime loops, each reading batches
@@ -227,6 +227,22 @@ def text_loop(model_path: Path, path: Path, out: Path, batch: int, sessions: int
     return _rate(rows, started, cpu0)
 
 
+def fresh(loop_name: str, *args, **kw) -> tuple[float, float]:
+    """Run one loop in a new process, as the job runs (a long-lived process has its
+    heap and Arrow's memory pool faulted in already: measured 2-3x fewer CPU ms per row
+    on a second run in one process than on a first)."""
+    code = ("import json, sys; from pathlib import Path; from bench import batch_bench as b; "
+            f"print(json.dumps(b.{loop_name}(*[Path(a) if i < 3 else a for i, a in "
+            f"enumerate(json.loads(sys.argv[1]))], **json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path)
+                                                                  else a for a in args]),
+                          json.dumps(kw)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return rate, cpu
+
+
 def compute_only(model_path: Path, feeds: list, sessions: int, threads: int, names) -> float:
     sess = _sessions(model_path, sessions, threads)
     rows = sum(next(iter(f.values())).shape[0] for f in feeds)
@@ -244,6 +260,8 @@ def main(argv=None) -> int:
     parser.add_argument("--convnet-rows", type=int, default=8000, help="rows of the convnet file (8000)")
     parser.add_argument("--text-rows", type=int, default=2000, help="rows of the text file (2000)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best run of each contender counts (3)")
+    parser.add_argument("--only", choices=("convnet", "encoder"), default=None,
+                        help="run one model's comparison (default: both)")
     parser.add_argument("--output", type=Path, help="write results.json and results.md here")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tg-batch-bench-"))
@@ -258,6 +276,8 @@ def main(argv=None) -> int:
             ("convnet", files["convnet"], convnet_loop, conv_model),
             ("encoder", files["encoder"], text_loop, text_model),
         ):
+            if args.only not in (None, name):
+                continue
             # Rounds alternate every contender, so a change of the machine's load
             # (shared with other work) falls on all of them; the best of each counts.
             configs = [(b, s, t) for b in ((64, 256) if name == "convnet" else (32, 64))
@@ -268,14 +288,15 @@ def main(argv=None) -> int:
                 print(json.dumps({name: {"tensorgate_batch": runs[-1]}}), flush=True)
                 for batch, sessions, threads in configs:
                     key = f"batch {batch}, {sessions} session(s) x {threads} thread(s)"
-                    rate, cpu = loop(model_path, path, work / "o.parquet", batch, sessions, threads)
+                    rate, cpu = fresh(loop.__name__, model_path, path, work / "o.parquet",
+                                      batch, sessions, threads)
                     loops.setdefault(key, []).append((round(rate, 1), round(cpu, 3)))
                     print(json.dumps({name: {key: loops[key][-1]}}), flush=True)
                 if name == "encoder":
                     for sessions, threads in ((1, 2), (2, 1)):
                         key = f"{sessions} session(s) x {threads} thread(s)"
-                        rate, cpu = text_loop(text_model, path, work / "o.parquet", 1, sessions,
-                                              threads, one_by_one=True)
+                        rate, cpu = fresh("text_loop", text_model, path, work / "o.parquet", 1,
+                                          sessions, threads, one_by_one=True)
                         alone.setdefault(key, []).append((round(rate, 1), round(cpu, 3)))
                         print(json.dumps({name: {f"one by one, {key}": alone[key][-1]}}), flush=True)
 
