@@ -146,6 +146,9 @@ def main(args: argparse.Namespace) -> int:
     from tensorgate.observability.logs import configure
 
     configure(args.log_level.upper())
+    if args.log_level in ("warning", "error"):
+        # A model that fails to load is reported once, by this command, in its words.
+        logging.getLogger("tensorgate.repository").setLevel(logging.CRITICAL)
     try:
         import pyarrow  # noqa: F401
     except ImportError:

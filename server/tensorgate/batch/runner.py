@@ -129,11 +129,13 @@ async def open_model(job: Job):
     for n in names:
         failed = await repo.load_some(loop, [n])
         if failed:
-            raise BatchError(f"model {failed[0]}")
+            raise BatchError(f"cannot load {failed[0]}")
     try:
         model = repo.resolve(name, version)
     except TensorGateError as exc:
-        raise BatchError(exc.message) from None
+        raise BatchError(exc.message + (
+            " (batch runs the versions the model's version_policy serves, as `serve` "
+            "would)" if version else "")) from None
     return repo, model
 
 
