@@ -118,6 +118,8 @@ def test_reshape_is_checked_against_the_graph():
         ('max_batch_size: 8 batch_input { kind: BATCH_ELEMENT_COUNT target_name: "X" '
          'data_type: TYPE_FP32 source_input: "INPUT0" }', "batch_input"),
         ('model_repository_agents { agents { name: "checksum" } }', "model_repository_agents"),
+        ('max_batch_size: 8 input { name: "INPUT0" data_type: TYPE_FP32 dims: [16] '
+         'allow_ragged_batch: true }', "allow_ragged_batch: not supported"),
     ],
 )
 def test_invalid_configs_name_the_field(text, message):

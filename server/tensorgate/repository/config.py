@@ -220,6 +220,17 @@ def _check_unsupported(config: mc.ModelConfig) -> None:
     if config.batch_input or config.batch_output:
         field = "batch_input" if config.batch_input else "batch_output"
         raise ModelLoadError(f"config.pbtxt {field}: not supported by TensorGate")
+    for kind, entries in (("input", config.input), ("output", config.output)):
+        for entry in entries:
+            for field, fix in (("allow_ragged_batch", "variable_length_batching pads "
+                                "similar lengths instead (README: Variable-length batching)"),
+                               ("is_shape_tensor", "shape tensors are a TensorRT notion"),
+                               ("is_non_linear_format_io", "a TensorRT notion")):
+                if getattr(entry, field, False):
+                    raise ModelLoadError(
+                        f"config.pbtxt {kind} '{entry.name}' {field}: not supported by "
+                        f"TensorGate ({fix})"
+                    )
     if config.model_repository_agents.agents:
         raise ModelLoadError(
             "config.pbtxt model_repository_agents: repository agents are not supported by "
