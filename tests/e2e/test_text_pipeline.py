@@ -5,6 +5,7 @@ text in, an embedding or labels out, equal to the same computation in-process.""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -15,7 +16,13 @@ import tritonclient.http as httpclient
 
 from e2e_support import REPO_ROOT, start_server
 
-extensions = pytest.importorskip("onnxruntime_extensions")
+if importlib.util.find_spec("onnxruntime_extensions") is None:  # importorskip would import it
+    pytest.skip("onnxruntime-extensions is not installed", allow_module_level=True)
+from tensorgate.runtime.session import import_onnxruntime_extensions  # noqa: E402
+
+# Imported without its os.environ side effect (it would put every server the test
+# session starts afterwards on protobuf's pure-Python implementation).
+extensions = import_onnxruntime_extensions()
 sys.path.insert(0, str(REPO_ROOT / "examples" / "text_pipeline"))
 import build as text_pipeline  # noqa: E402
 

@@ -50,6 +50,10 @@ log = logging.getLogger("tensorgate.runtime")
 # requests; a loaded server reads the next request at once).
 OVERLAP_MEMORY_S = 0.05
 BUSY_GAP_S = 100e-6
+# See ModelVersion.alone: batches in a row that waited alone before a request that only
+# *looks* like load (by the gap) stops waiting, and how often it probes the window then.
+LONE_WINDOWS = 3
+PROBE_EVERY = 64
 
 # A model whose batch-1 run (measured at load) takes at most this many µs runs on the
 # event loop thread when a request finds it idle (nothing queued or running, no
@@ -129,6 +133,10 @@ class ModelVersion:
         self.run_us: float | None = None  # median batch-1 run time at load
         self.inline = False  # see INLINE_MAX_US
         self.last_overlap = -1e9  # time.monotonic() of the last sign of concurrent load
+        # Batches in a row that waited out the window alone (see alone()), and requests
+        # since the window was last probed.
+        self.lone_windows = 0
+        self._since_probe = 0
         self.last_leave = -1e9  # time.monotonic() when the last request left
         self._idle = asyncio.Event()
         self._idle.set()
@@ -146,6 +154,11 @@ class ModelVersion:
         self._flush_on_leave = self.idle_flush and self.dynamic_batching
         self._windowed = (
             self._flush_on_leave and config.dynamic_batching.max_queue_delay_microseconds > 0
+        )
+        # A batch of one that queued this long waited its whole window in vain.
+        self._lone_wait_ns = (
+            0.9 * config.dynamic_batching.max_queue_delay_microseconds * 1000
+            if self._windowed else float("inf")
         )
         self.priority_levels = (
             config.dynamic_batching.priority_levels if self.dynamic_batching else 0
@@ -386,6 +399,10 @@ class ModelVersion:
         self.state = READY
 
     def _record_batch(self, batch: list[Pending], timings: BatchTimings) -> None:
+        if len(batch) == 1 and batch[0].queue_ns >= self._lone_wait_ns:
+            self.lone_windows += 1  # it waited the window and nothing joined it
+        else:
+            self.lone_windows = 0
         stats = self.stats
         if timings.rows:
             stats.record_batch(timings.rows, timings.input_ns, timings.infer_ns, timings.output_ns)
@@ -403,7 +420,10 @@ class ModelVersion:
 
     def enter(self, now: float) -> None:
         self.inflight += 1
-        if self.inflight > 1 or now - self.last_leave < BUSY_GAP_S:
+        if self.inflight > 1:
+            self.last_overlap = now
+            self.lone_windows = 0  # two at once: real concurrency
+        elif now - self.last_leave < BUSY_GAP_S:
             self.last_overlap = now
         self._idle.clear()
 
@@ -414,12 +434,22 @@ class ModelVersion:
         to the queue) and no two requests have overlapped lately: a closed-loop client
         at concurrency 1 then gets an immediate dispatch, while under concurrent load,
         where more requests sit unseen in the transport, batches fill for the window.
+
+        A request that follows the previous one within BUSY_GAP_S looks like load too,
+        but so does a fast client at concurrency 1 (wrk sends the next request within
+        microseconds). When only that gap says "load" and LONE_WINDOWS batches in a row
+        waited the window with nothing joining them, waiting is not buying batches: the
+        request goes at once, and every PROBE_EVERY-th one waits the window again, so
+        that load which does come fills a batch and turns waiting back on.
         """
-        return (
-            self.idle_flush
-            and self.inflight - 1 == self.batcher.queued
-            and now - self.last_overlap > OVERLAP_MEMORY_S
-        )
+        if not self.idle_flush or self.inflight - 1 != self.batcher.queued:
+            return False
+        if now - self.last_overlap > OVERLAP_MEMORY_S:
+            return True
+        if self.lone_windows >= LONE_WINDOWS:
+            self._since_probe += 1
+            return self._since_probe % PROBE_EVERY != 0
+        return False
 
     def leave(self) -> None:
         self.inflight -= 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,23 @@ def create_session(
 EXTENSIONS_LIBRARY = "onnxruntime_extensions"
 
 
+def import_onnxruntime_extensions():
+    """``onnxruntime_extensions``, imported without its side effect: the import sets
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ, which would put every
+    process started afterwards (a test's servers, a batch job's workers) on protobuf's
+    slow pure-Python implementation, with different serialization details."""
+    key = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+    before = os.environ.get(key)
+    try:
+        import onnxruntime_extensions
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+    return onnxruntime_extensions
+
+
 def register_op_libraries(opts: ort.SessionOptions, config: mc.ModelConfig, files) -> list[str]:
     """Register the custom-op libraries of config ``model_operations`` (Triton's field)
     with the session options; the paths registered. A file name is relative to the
@@ -179,7 +197,7 @@ def register_op_libraries(opts: ort.SessionOptions, config: mc.ModelConfig, file
     for name in config.model_operations.op_library_filename:
         if name == EXTENSIONS_LIBRARY:
             try:
-                import onnxruntime_extensions
+                onnxruntime_extensions = import_onnxruntime_extensions()
             except ImportError:
                 raise ModelLoadError(
                     "config.pbtxt model_operations op_library_filename "
