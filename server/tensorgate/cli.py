@@ -10,6 +10,13 @@ from tensorgate import __version__
 from tensorgate.settings import add_arguments, from_sources, triton_flag_error
 
 
+def program_version(parser: argparse.ArgumentParser) -> None:
+    """``--version`` (the program's) after a verb too, where the verb has no
+    ``--version`` of its own (test, profile, batch and optimize take a model version)."""
+    parser.add_argument("--version", action="version", version=f"tensorgate {__version__}",
+                        help="print the program's version and exit")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensorgate",
@@ -26,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "others are refused with TensorGate's equivalent named.",
     )
     add_arguments(serve)
+    program_version(serve)
     health = verbs.add_parser(
         "health",
         help="exit 0 when a server on these settings answers SERVING (a container "
@@ -40,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a service or model name to check (default: the server)")
     health.add_argument("--timeout", type=float, default=3.0,
                         help="seconds to wait for the answer (default: 3)")
+    program_version(health)
     info = verbs.add_parser(
         "info",
         help="what this installation has: front ends, ONNX Runtime and its working "
@@ -50,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "the optional extras installed.",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    program_version(info)
     test = verbs.add_parser(
         "test",
         help="run a model version's own tests (<version>/tests/tests.json) offline",

@@ -56,6 +56,10 @@ def add_parser(verbs) -> None:
     _connection_options(p, defaults=True)
     after = argparse.ArgumentParser(add_help=False)
     _connection_options(after, defaults=False)
+    from tensorgate.cli import program_version
+
+    program_version(p)
+    program_version(after)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, text: str):

@@ -198,3 +198,12 @@ def test_otlp_endpoint_alone_turns_tracing_on(test_repo):
         assert "service name tg-test" in log
     with start_server(test_repo) as srv:
         assert "tracing off (no --trace-exporter" in srv.wait_for_log("tracing off")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["serve", "--version"],
+                                  ["health", "--version"], ["routes", "list", "--version"]])
+def test_the_program_version_before_or_after_the_verb(args):
+    from tensorgate import __version__
+
+    proc = _run(*args)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tensorgate {__version__}"
