@@ -1,46 +1,11 @@
 """What the batch modules share: the error that stops a run before any work, and
-atomic file replacement (temp file in the same directory, fsync, rename, fsync of the
-directory), so a crash leaves the old file or the new one, never half of one."""
+atomic file replacement (tensorgate.fileio)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+from tensorgate.fileio import atomic_write, atomic_write_bytes, fsync_dir  # noqa: F401
 
 
 class BatchError(Exception):
     """A problem with the job itself (arguments, inputs, model): the run stops at once
     with this message, which names what is wrong."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write, sync_dir: bool = True) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, then put it in place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    atomic_write(path, lambda f: f.write(data), sync_dir)

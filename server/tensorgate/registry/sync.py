@@ -42,6 +42,7 @@ from google.protobuf import text_format
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate._proto.tensorgate.v1 import control_pb2 as pb
 from tensorgate.errors import ModelLoadError, ModelLoadFailed, NotFound, TensorGateError
+from tensorgate.fileio import atomic_write_text
 from tensorgate.registry.mlflow_source import (
     ARCHIVED,
     READY,
@@ -420,9 +421,4 @@ def _remove_version(model_dir: Path, version: int) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text, sync_dir=False)

@@ -11,11 +11,11 @@ ModelConfig answers which registered version, run and artifact a served version 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.errors import ModelLoadError
+from tensorgate.fileio import atomic_write_text
 
 LINEAGE_FILE = "lineage.json"
 MAX_BYTES = 64 << 10
@@ -47,13 +47,8 @@ def read_version(files, version: int) -> dict[str, str]:
 def write(directory: Path, entries: dict[str, str]) -> Path:
     """Write ``directory/lineage.json`` atomically (temp file, fsync, rename)."""
     path = Path(directory) / LINEAGE_FILE
-    tmp = path.with_name(f".{LINEAGE_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({k: str(v) for k, v in entries.items()}, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps({k: str(v) for k, v in entries.items()}, indent=2, sort_keys=True)
+    atomic_write_text(path, text + "\n", sync_dir=False)
     return path
 
 

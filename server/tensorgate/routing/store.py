@@ -7,13 +7,12 @@ directory): a crash leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from tensorgate._proto.tensorgate.v1 import control_pb2 as pb
+from tensorgate.fileio import atomic_write_text
 
 STATE_DIR = ".tensorgate"
 STATE_FILE = "routes.json"
@@ -39,21 +38,4 @@ def load(path: Path) -> list[pb.Route]:
 def save(path: Path, routes: list[pb.Route]) -> None:
     text = json_format.MessageToJson(pb.RouteState(routes=routes), indent=2, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_text(path, text + "\n")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorgate.errors import ModelLoadError
+from tensorgate.fileio import atomic_write_text
 from tensorgate.observability.drift import stats
 from tensorgate.observability.drift.features import (
     CATEGORY,
@@ -315,14 +316,7 @@ def make_profile(model, chunks, run, data_name: str, bins: int, sample: int, top
 
 def write_atomic(path: Path, doc: dict) -> None:
     """Write temp, fsync, rename: a server never reads half a profile."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, separators=(",", ":")), sync_dir=False)
 
 
 def profile_command(root: str, name: str, version: int | None, data: str,
