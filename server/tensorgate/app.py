@@ -32,6 +32,7 @@ from tensorgate.grpc.inference import SERVICE, InferenceService, generic_handler
 from tensorgate.http.server import HttpServer
 from tensorgate.http.server import ssl_context as _http_ssl_context
 from tensorgate.http.service import HttpService
+from tensorgate.observability import heap_debug
 from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import prediction_log as obs_prediction_log
 from tensorgate.observability import tracing as obs_tracing
@@ -275,6 +276,10 @@ async def serve(settings: Settings) -> int:
             )
         except OSError as exc:
             return give_up("metrics", settings.metrics_port, exc)
+        if heap_debug.enabled():
+            heap_debug.install(metrics_server)
+            log.warning("%s=1: tracemalloc on, GET %s on the metrics port",
+                        heap_debug.ENV, heap_debug.PATH)
     obs_tracing.install(
         settings.trace_exporter, settings.trace_sample_ratio, settings.otlp_endpoint
     )
