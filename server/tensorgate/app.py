@@ -436,7 +436,8 @@ def _drift_monitor(settings: Settings, repository: ModelRepository, dataplane: D
     if settings.drift_sample_ratio <= 0:
         return None
     drift = DriftMonitor(repository, dataplane.observers, settings.drift_window_secs,
-                         settings.drift_window_rows, settings.drift_sample_ratio)
+                         settings.drift_window_rows, settings.drift_sample_ratio,
+                         shared_memory=dataplane.shared_memory)
     repository.listeners.append(drift)
     return drift
 

@@ -291,3 +291,90 @@ def test_alert_rule_uses_the_contract_names():
     rules = [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
     used = set(re.findall(r"\btensorgate_\w+", " ".join(r["expr"] for r in rules)))
     assert used == {"tensorgate_drift_score", "tensorgate_drift_dropped_total"}
+
+
+def _image_model():
+    """A version whose input is too large for elementwise features: mean and norm."""
+    return SimpleNamespace(
+        name="img", version=1, version_str="1", label="img:1", max_batch_size=64,
+        batcher=SimpleNamespace(tap=None),
+        inputs={"X": spec("X", dims=(3, 16, 16))}, outputs={"Y": spec("Y", dims=(1,))},
+    )
+
+
+def test_row_moments_matches_numpy_and_refuses_what_it_cannot_read():
+    from tensorgate._ext.rowstats import row_moments
+
+    rng = np.random.default_rng(6)
+    parts = [rng.standard_normal((5, 1000)).astype(np.float32),
+             rng.standard_normal((3, 7)),  # float64, a width below one vector
+             rng.standard_normal((4, 2000)).astype(np.float32)[:, :1500]]  # strided rows
+    n = sum(len(p) for p in parts)
+    sums, sumsq = np.empty(n), np.empty(n)
+    row_moments(parts, sums, sumsq)
+    flat = [row.astype(np.float64) for p in parts for row in p]
+    np.testing.assert_allclose(sums, [r.sum() for r in flat], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(sumsq, [(r * r).sum() for r in flat], rtol=1e-5)
+    for bad in ([np.ones((2, 3), np.int64)], [np.ones(3, np.float32)],
+                [np.ones((2, 6), np.float32)[:, ::2]], [np.ones((2, 3), ">f4")]):
+        with pytest.raises(ValueError):
+            row_moments(bad, sums, sumsq)
+    with pytest.raises(ValueError, match="at least one value per row"):
+        row_moments(parts, np.empty(2), np.empty(2))
+
+
+def test_summaries_read_rows_in_place_and_agree_with_numpy():
+    rng = np.random.default_rng(7)
+    feats = F.plan({"X": spec("X", dims=(3, 16, 16))}, {})
+    ex = F.extractors(feats)[0]
+    arrays = [rng.standard_normal((k, 3, 16, 16)).astype(np.float32) for k in (1, 4, 2)]
+    m = ex.matrix(arrays)
+    rows = np.concatenate(arrays).reshape(7, -1).astype(np.float64)
+    assert [f.name for f in ex.features] == ["X:mean", "X:norm"]
+    np.testing.assert_allclose(m[:, 0], rows.mean(1), atol=1e-6)
+    np.testing.assert_allclose(m[:, 1], np.sqrt((rows * rows).sum(1)), rtol=1e-6)
+    # token ids of varying length: widened, and a length feature per row
+    var = F.extractors(F.plan({"T": spec("T", "INT64", dims=(-1,))}, {}))[0]
+    m = var.matrix([np.array([[1, 2, 3]]), np.array([[4, 4], [0, 0]])])
+    np.testing.assert_allclose(m, [[2, np.sqrt(14), 3], [4, np.sqrt(32), 2], [0, 0, 2]])
+
+
+def test_batches_are_summarised_on_the_worker_and_fill_windows_by_rows():
+    rng = np.random.default_rng(8)
+    model = _image_model()
+    x = rng.standard_normal((1000, 3, 16, 16)).astype(np.float32)
+    refs = P.parse({"format": P.FORMAT, "features": P.build(
+        F.plan(model.inputs, model.outputs),
+        {("input", "X"): [x], ("output", "Y"): [x[:, 0, 0, :1]]}, bins=10)})[1]
+    monitor = VersionMonitor(model, refs, 3600, 100)
+    assert not monitor.per_request  # it has a batcher: fed by its tap, not the observer
+
+    def batch(rows, shift=0.0):
+        feed = {"X": rng.standard_normal((rows, 3, 16, 16)).astype(np.float32) + shift}
+        return ([SimpleNamespace(rows=1, inputs=None, outputs=None)] * rows, feed,
+                {"Y": feed["X"][:, 0, 0, :1]})
+
+    monitor.tap(*batch(60), True)
+    kind, matrices, rows = monitor.queue[-1][1:]
+    assert kind == 1 and rows == 60 and matrices[0].shape == (60, 2)
+    monitor.add_matrices(matrices, rows, now=1.0)
+    assert monitor.last is None
+    monitor.tap(*batch(60), True)
+    monitor.add_matrices(*monitor.queue[-1][2:], now=2.0)  # 120: closes at this batch
+    assert monitor.last.rows == 120 and monitor.last.score < 0.5
+    # a padded or failed batch: each request's own arrays, failures left out
+    good = SimpleNamespace(rows=2, inputs={"X": x[:2] + 3}, outputs={"Y": x[:2, 0, 0, :1]})
+    failed = SimpleNamespace(rows=1, inputs={"X": x[:1]}, outputs=None)
+    monitor.tap([good, failed, good], None, None, False)
+    assert monitor.queue[-1][3] == 4
+    # sampling keeps about the ratio's share of rows
+    monitor.ratio = 0.25
+    kept = 0
+    for _ in range(40):
+        monitor.tap(*batch(50), True)
+        kept += monitor.queue[-1][3]
+    assert 350 < kept < 650
+    # a full queue drops the batch's requests and counts them
+    monitor.capacity = len(monitor.queue)
+    monitor.tap(*batch(5), True)
+    assert monitor.dropped == 5

@@ -84,6 +84,9 @@ class Batcher:
         self._on_batch = on_batch
         self._threads: list[threading.Thread] = []
         self._varlen = varlen  # a batching.varlen.VarLenPlan: pad, run, slice back
+        # A batch observer (drift monitoring), or None: tap(batch, feed, outputs, after)
+        # on the worker thread with what ran (see _work); set and cleared by its owner.
+        self.tap: Callable[[list[Pending], dict | None, dict | None, bool], None] | None = None
 
     def start(self) -> None:
         for i, runner in enumerate(self._runners):
@@ -167,18 +170,41 @@ class Batcher:
             if expired:
                 self._loop.call_soon_threadsafe(self._expire, expired)
             if batch:
+                feed = values = None
                 try:
-                    timings = self._execute(runner, batch, buffers)
+                    timings, feed, values = self._execute(runner, batch, buffers)
                 except BaseException:  # never let a worker die silently
                     log.exception("model %s: batch execution failed", self._label)
                     for p in batch:
                         p.error = RuntimeFailure("internal error while executing the batch")
                     timings = BatchTimings(0, 0, 0, 0)
+                tap = self.tap
+                if tap is None:
+                    self._loop.call_soon_threadsafe(self._finish, batch, timings)
+                    continue
+                outputs = None if values is None else dict(zip(self._output_names, values))
+                # The tap reads the batch after its answers went out when what it reads
+                # is this worker's own (the gathered buffer, the runtime's outputs); a
+                # request's own arrays (a batch of one, variable-length batches, a
+                # failed batch) may lie in a client's shared memory: read them before.
+                gathered = feed is not None and len(batch) > 1
+                if not gathered:
+                    self._observe(tap, batch, feed, outputs, False)
                 self._loop.call_soon_threadsafe(self._finish, batch, timings)
+                if gathered:
+                    self._observe(tap, batch, feed, outputs, True)
+
+    def _observe(self, tap, batch, feed, outputs, after: bool) -> None:
+        try:
+            tap(batch, feed, outputs, after)
+        except Exception:  # an observer must never stop the worker
+            log.exception("model %s: batch observer failed", self._label)
 
     def _execute(
         self, runner: Runner, batch: list[Pending], buffers: dict[str, np.ndarray]
-    ) -> BatchTimings:
+    ) -> tuple[BatchTimings, dict | None, list | None]:
+        """Run the batch; (its timings, the feed and the runtime's outputs when it ran
+        as one batch of unpadded rows, else None and None: per-request outputs only)."""
         started = time.perf_counter_ns()
         for p in batch:
             p.queue_ns = started - p.enqueued_ns
@@ -204,10 +230,10 @@ class Batcher:
                 for p in batch:
                     self._execute_alone(runner, p)
                 t_done = time.perf_counter_ns()
-                return BatchTimings(total, t_input - started, t_done - t_input, 0)
+                return BatchTimings(total, t_input - started, t_done - t_input, 0), None, None
             batch[0].error = RuntimeFailure(f"onnxruntime failed: {exc}")
             t_done = time.perf_counter_ns()
-            return BatchTimings(total, t_input - started, t_done - t_input, 0)
+            return BatchTimings(total, t_input - started, t_done - t_input, 0), None, None
         t_infer = time.perf_counter_ns()
         names = self._output_names
         if len(batch) == 1:
@@ -221,8 +247,11 @@ class Batcher:
                 p.outputs = {n: v[start:end] for n, v in zip(names, values)}
                 start = end
         t_out = time.perf_counter_ns()
-        return BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer,
-                            real, padded)
+        timings = BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer,
+                               real, padded)
+        if varlen is not None and len(batch) > 1:
+            return timings, None, None  # padded rows: observers take each request's own
+        return timings, feed, values
 
     def _execute_alone(self, runner: Runner, p: Pending) -> None:
         try:

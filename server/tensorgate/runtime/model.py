@@ -141,6 +141,8 @@ class ModelVersion:
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher: Batcher | None = None
+        # Drift monitoring (observability/drift) when the version has a profile.
+        self.drift_monitor = None
         self.labels: dict[str, list[str]] = {}  # output -> class labels (label_filename)
         self.varlen: VarLenPlan | None = None  # variable-length batching, when configured
         self.dynamic_batching = config.HasField("dynamic_batching") and self.max_batch_size > 0
@@ -354,7 +356,11 @@ class ModelVersion:
             tracing = _tracing.ACTIVE
             if span is not None and tracing is not None:
                 tracing.record_inline(self, span, rows, t0, t1)
-            return dict(zip(self.output_names, values))
+            outputs = dict(zip(self.output_names, values))
+            monitor = self.drift_monitor
+            if monitor is not None:  # batches reach it through the batcher's tap
+                monitor.inline(arrays, outputs)
+            return outputs
         pending = await self.batcher.submit(
             arrays, rows, shape_key, priority, timeout_us, deadline, alone, span
         )

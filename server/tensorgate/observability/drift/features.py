@@ -16,15 +16,20 @@ Per tensor, inputs and outputs alike:
 A row is one row of the batch dimension; for a model without batching
 (max_batch_size 0) the whole tensor is one row. An extractor turns a list of a
 tensor's arrays (rows first) into one float64 matrix, a column per feature (category
-codes as numbers), with one numpy pass per list where the arrays' shapes agree.
+codes as numbers): small rows in one numpy pass per list where the arrays' shapes
+agree; large rows read once each where they lie, sum and sum of squares together, with
+the GIL released (ext/rowstats.pyx).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from tensorgate._ext.rowstats import row_moments
 
 ELEMENTWISE_MAX = 32
 SCRATCH_BYTES = 1 << 20  # rows copied together per pass: fits a core's L2 cache
@@ -78,7 +83,12 @@ class Extractor:
         self.categories = list(categories or [])
         self._codes = {c: i for i, c in enumerate(self.categories)}
         self._kinds = [f.kind for f in features]
-        self._scratch: np.ndarray | None = None  # reused by matrix() (one thread)
+        self._moments = MEAN in self._kinds or NORM in self._kinds
+        self._every_element = (len(self._elements) == len(self._kinds) and bool(
+            (self._elements == np.arange(len(self._elements))).all()))
+        # matrix() runs on the drift thread and on worker threads (Batcher.tap): each
+        # thread reuses its own scratch buffer.
+        self._local = threading.local()
 
     @property
     def names(self) -> list[str]:
@@ -90,6 +100,8 @@ class Extractor:
             return np.empty((0, len(self.features)))
         if self.bytes:
             return self._bytes_matrix(arrays)
+        if self._moments:  # large rows: each read once, where it lies (no copy)
+            return self._summaries(arrays)
         if len({a.shape[1:] for a in arrays}) > 1:
             return np.concatenate([self._numeric(a) for a in arrays])
         # Rows are copied together a chunk at a time into one reused buffer that stays
@@ -111,19 +123,53 @@ class Extractor:
     def _chunk(self, arrays: list[np.ndarray], nbytes: int) -> np.ndarray:
         if len(arrays) == 1:
             return self._numeric(arrays[0])
-        if self._scratch is None or len(self._scratch) < nbytes:
-            self._scratch = np.empty(max(nbytes, SCRATCH_BYTES), np.uint8)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or len(scratch) < nbytes:
+            scratch = self._local.scratch = np.empty(max(nbytes, SCRATCH_BYTES), np.uint8)
         first = arrays[0]
-        rows = self._scratch[:nbytes].view(first.dtype).reshape(
+        rows = scratch[:nbytes].view(first.dtype).reshape(
             (sum(map(len, arrays)),) + first.shape[1:])
         np.concatenate(arrays, out=rows)
         return self._numeric(rows)
+
+    def _summaries(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Per-row summaries (mean, norm, length) of arrays whose shapes may differ.
+        (A batch is one array: this runs once per batch on a worker thread, so it keeps
+        to a few numpy calls.)"""
+        if len(self._elements):  # a plan never mixes them; a hand-made profile could
+            return np.concatenate([self._numeric(a) for a in arrays])
+        flats = []
+        for a in arrays:
+            f = a.reshape(len(a), -1)
+            flats.append(f if f.dtype.kind == "f" and f.dtype.itemsize >= 4
+                         else f.astype(np.float64))  # ints, bool, FP16
+        sums, sumsq = _moments(flats)
+        if len(flats) == 1:
+            widths = flats[0].shape[1]
+        else:
+            widths = np.repeat(np.array([f.shape[1] for f in flats], np.float64),
+                               [len(f) for f in flats])
+        out = np.empty((len(sums), len(self._kinds)))
+        for j, kind in enumerate(self._kinds):
+            if kind == MEAN:
+                if np.all(widths):
+                    np.divide(sums, widths, out=out[:, j])
+                else:  # empty rows have no mean
+                    out[:, j] = np.nan
+                    np.divide(sums, widths, out=out[:, j], where=np.asarray(widths) > 0)
+            elif kind == NORM:
+                np.sqrt(sumsq, out=out[:, j])
+            elif kind == LENGTH:
+                out[:, j] = widths
+        return out
 
     def _numeric(self, array: np.ndarray) -> np.ndarray:
         n = array.shape[0]
         flat = array.reshape(n, -1)
         if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:  # ints, bool, FP16
             flat = flat.astype(np.float64)
+        if self._every_element and flat.shape[1] == len(self._elements):
+            return flat.astype(np.float64)  # every element a feature, in order: one copy
         out = np.empty((n, len(self._kinds)))
         if len(self._elements):
             if flat.shape[1] <= self._elements.max():  # fewer elements than profiled
@@ -131,12 +177,13 @@ class Extractor:
             else:
                 out[:, : len(self._elements)] = flat[:, self._elements]
         width = flat.shape[1]
+        if self._moments:
+            sums, sumsq = _moments([flat])
         for j, kind in enumerate(self._kinds):
-            # einsum: numpy's own SIMD loops, one pass each (no BLAS threads, no temporaries)
             if kind == MEAN:
-                out[:, j] = np.einsum("ij->i", flat) / width if width else np.nan
+                out[:, j] = sums / width if width else np.nan
             elif kind == NORM:
-                out[:, j] = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+                out[:, j] = np.sqrt(sumsq)
             elif kind == LENGTH:
                 out[:, j] = width
         return out
@@ -155,6 +202,20 @@ class Extractor:
             else:
                 out[:, j] = [codes.get(t, other) for t in texts]
         return out
+
+
+def _moments(flats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, sum of squares) of each row of the 2-D float arrays ``flats``, rows in
+    order: one pass per row with the GIL released (ext/rowstats.pyx) where rows are
+    contiguous, else numpy's (einsum: its own SIMD loops, one pass each)."""
+    n = sum([len(f) for f in flats])
+    sums, sumsq = np.empty(n), np.empty(n)
+    try:
+        row_moments(flats, sums, sumsq)
+    except ValueError:  # a byte-swapped or strided view: numpy's way
+        sums[:] = np.concatenate([np.einsum("ij->i", f) for f in flats])
+        sumsq[:] = np.concatenate([np.einsum("ij,ij->i", f, f) for f in flats])
+    return sums, sumsq
 
 
 def extractors(features: list[Feature], categories: dict[str, list[str]] | None = None

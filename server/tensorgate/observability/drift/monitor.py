@@ -1,22 +1,32 @@
-"""Online drift: per-version monitors, fed by a data-plane observer, on one thread.
+"""Online drift: per-version monitors, fed by the batch path, on one thread.
 
-The event loop pays, per request to a version with a profile: one attribute read, a
-``random()`` when sampling below 1, one ``len`` and one ``deque.append`` of references
-to the request's validated inputs and its outputs (no copy, no numpy). A full queue
-(``QUEUE_CAPACITY`` requests) drops the sample and counts it. Versions without a profile
-carry ``drift_monitor = None``; when no serving version has a profile the observer is
-not on ``DataPlane.observers`` at all, so nothing is paid.
+What a request costs depends on how its version ran it, never numpy on the event loop:
+
+- a batch on an instance's worker thread (the usual way under load): the worker hands
+  the batch to the version's monitor (``Batcher.tap``), which summarises its rows where
+  they lie (the gathered batch buffer, the runtime's outputs: features.py, one pass per
+  row over large tensors with the GIL released) and queues the small feature matrices;
+  the event loop pays nothing per request;
+- inline on the event loop (an idle model, see ModelVersion.run): one attribute read,
+  a ``random()`` when sampling below 1, one ``len`` and one ``deque.append`` of
+  references to the inputs and outputs, summarised later on the drift thread;
+- an ensemble (no batcher of its own): the same references, from the data plane's
+  observer list (``observe``), on which this object is only while such a version has a
+  profile.
+
+A full queue (``QUEUE_CAPACITY`` entries) drops the sample and counts it. Versions
+without a profile carry ``drift_monitor = None`` and no tap, so nothing is paid.
 
 A background thread (``tensorgate-drift``) wakes every ``POLL_S`` (at once while a quarter
-of the queue is still waiting), takes what is queued,
-turns each version's share into feature matrices (features.py: one numpy pass per
-tensor per wake-up) and adds them to the version's current window. A window closes
-after ``window_rows`` rows or ``window_secs`` seconds, whichever comes first (a window
-closed by time with fewer than ``MIN_WINDOW_ROWS`` rows is extended instead: PSI over
-a handful of rows is noise). Windows follow one another without overlap; on closing,
-PSI (every feature) and KS (numeric features; at most ``KS_VALUES`` of the window's
-values) against the version's profile are computed, and the result replaces the version's ``last`` window, read by /metrics and
-by rollout guards.
+of the queue is still waiting), takes what is queued, summarises the references (one
+numpy pass per tensor per wake-up) and adds rows to each version's current window. A
+window closes after ``window_rows`` rows (at the request or batch that filled it) or
+``window_secs`` seconds, whichever comes first (a window closed by time with fewer than
+``MIN_WINDOW_ROWS`` rows is extended instead: PSI over a handful of rows is noise).
+Windows follow one another without overlap; on closing, PSI (every feature) and KS
+(numeric features; at most ``KS_VALUES`` of the window's values) against the version's
+profile are computed, and the result replaces the version's ``last`` window, read by
+/metrics and by rollout guards.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import numpy as np
 from tensorgate.observability.drift import stats
 from tensorgate.observability.drift.features import CATEGORY, extractors, rows_first
 from tensorgate.observability.drift.profile import PROFILE, ProfileError, Reference, read
+from tensorgate.shared_memory import detached
 
 log = logging.getLogger("tensorgate.drift")
 
@@ -64,12 +75,20 @@ class Window:
         self.outputs = outputs  # output feature -> this window's values (prediction drift)
 
 
+# Queue entries: (monitor, REFERENCES, inputs by name, outputs by name) to summarise on
+# the drift thread, or (monitor, MATRICES, [matrix or None per extractor], rows).
+REFERENCES, MATRICES = 0, 1
+
+
 class VersionMonitor:
-    """One version's windows against its profile. ``add`` and ``tick`` run on the
-    drift thread only; ``dropped`` is counted on the event loop."""
+    """One version's windows against its profile. ``add``, ``add_matrices``,
+    ``tick`` and ``close`` run on the drift thread only; ``inline`` on the event loop,
+    ``tap`` on the version's worker threads."""
 
     def __init__(self, model, refs: list[Reference], window_secs: float, window_rows: int,
-                 mtime: float = 0.0) -> None:
+                 mtime: float = 0.0, queue: collections.deque | None = None,
+                 capacity: int = QUEUE_CAPACITY, ratio: float = 1.0,
+                 shared_memory=None) -> None:
         self.name = model.name
         self.version = model.version_str
         self.label = model.label
@@ -90,6 +109,71 @@ class VersionMonitor:
         self._parts: list[list[np.ndarray]] = [[] for _ in self.extractors]
         self._rows = 0
         self._opened = _monotonic()
+        self.queue = collections.deque() if queue is None else queue  # the drift thread's
+        self.capacity = capacity
+        self.ratio = ratio
+        self._shared_memory = shared_memory  # the data plane's client regions, or None
+        self._rng = np.random.default_rng()
+        # A version without a batcher of its own (an ensemble) is fed per request by
+        # the data plane's observer; every other through its batcher and run().
+        self.per_request = getattr(model, "batcher", None) is None
+
+    # -- feeding: the event loop (inline runs) and the worker threads (batches) -------
+
+    def inline(self, inputs: dict, outputs: dict) -> None:
+        """A request the event loop ran itself: references, for the drift thread."""
+        if self.ratio < 1.0 and _random() >= self.ratio:
+            return
+        if len(self.queue) >= self.capacity:
+            self.dropped += 1
+            return
+        shm = self._shared_memory
+        if shm is not None and shm.regions:
+            # Read after the answer went out, when a client may reuse its region.
+            inputs = detached(inputs)
+        self.queue.append((self, REFERENCES, inputs, outputs))
+
+    def tap(self, batch: list, feed: dict | None, outputs: dict | None, after: bool) -> None:
+        """A batch that ran on a worker thread (Batcher.tap): summarised here, on that
+        thread, while its rows are at hand; the matrices queued for the drift thread.
+        ``feed``/``outputs``: the batch's inputs and outputs as run, or None where only
+        each request's own are meaningful (padded or failed batches)."""
+        started = _thread_time()
+        queue = self.queue
+        if len(queue) >= self.capacity:
+            self.dropped += len(batch)
+            return
+        if feed is None or outputs is None:
+            items = [(p.inputs, p.outputs) for p in batch
+                     if p.outputs is not None and (self.ratio >= 1.0 or _random() < self.ratio)]
+            if items:
+                matrices, rows = self._matrices(items)
+                queue.append((self, MATRICES, matrices, rows))
+            self.cpu_seconds += _thread_time() - started
+            return
+        rows = sum([p.rows for p in batch]) if self.batched else 1
+        keep = None
+        if self.ratio < 1.0:
+            if self.batched:
+                keep = np.flatnonzero(self._rng.random(rows) < self.ratio)
+                rows = len(keep)
+            elif _random() >= self.ratio:
+                rows = 0
+            if not rows:
+                return
+        matrices = []
+        for ex in self.extractors:
+            array = (feed if ex.source == "input" else outputs).get(ex.tensor)
+            if array is None:  # an optional input the batch left out
+                matrices.append(None)
+                continue
+            if not self.batched:
+                array = rows_first(array, False)
+            elif keep is not None:
+                array = array[keep]
+            matrices.append(ex.matrix([array]))
+        queue.append((self, MATRICES, matrices, rows))
+        self.cpu_seconds += _thread_time() - started
 
     @property
     def features(self) -> list[str]:
@@ -116,8 +200,22 @@ class VersionMonitor:
         if start < len(items):
             self._add(items[start:], filled - self._rows, now)
 
-    def _add(self, items: list, rows: int, now: float) -> None:
-        for ex, parts in zip(self.extractors, self._parts):
+    def add_matrices(self, matrices: list, rows: int, now: float) -> None:
+        """A batch summarised on its worker thread; a window that fills up closes at
+        the batch that filled it."""
+        self._append(matrices, rows, now)
+        if self._rows >= self.window_rows:
+            self.close(now)
+
+    def _matrices(self, items: list) -> tuple[list, int]:
+        """(a matrix or None per extractor, rows) of requests' (inputs, outputs)."""
+        first = self._first
+        if not self.batched or first is None:
+            rows = len(items)
+        else:
+            rows = sum([len(i[first]) if first in i else 1 for i, _ in items])
+        matrices = []
+        for ex in self.extractors:
             key, tensor = (0 if ex.source == "input" else 1), ex.tensor
             try:
                 arrays = [item[key][tensor] for item in items]
@@ -125,8 +223,16 @@ class VersionMonitor:
                 arrays = [item[key][tensor] for item in items if tensor in item[key]]
             if not self.batched:
                 arrays = [rows_first(a, False) for a in arrays]
-            if arrays:
-                parts.append(ex.matrix(arrays))
+            matrices.append(ex.matrix(arrays) if arrays else None)
+        return matrices, rows
+
+    def _add(self, items: list, rows: int, now: float) -> None:
+        self._append(self._matrices(items)[0], rows, now)
+
+    def _append(self, matrices: list, rows: int, now: float) -> None:
+        for parts, matrix in zip(self._parts, matrices):
+            if matrix is not None:
+                parts.append(matrix)
         if not self._rows:  # a window opens with its first rows
             self._opened = now
         self._rows += rows
@@ -200,9 +306,11 @@ class DriftMonitor:
     serving version has a profile."""
 
     def __init__(self, repository, observers: list, window_secs: float, window_rows: int,
-                 sample_ratio: float = 1.0, capacity: int = QUEUE_CAPACITY) -> None:
+                 sample_ratio: float = 1.0, capacity: int = QUEUE_CAPACITY,
+                 shared_memory=None) -> None:
         self._repository = repository
         self._observers = observers
+        self._shared_memory = shared_memory  # the data plane's client regions
         self.window_secs = window_secs
         self.window_rows = window_rows
         self.ratio = sample_ratio
@@ -216,15 +324,17 @@ class DriftMonitor:
     # -- the event loop's side: one call per request that reached a version ----------
 
     def observe(self, outcome) -> None:
+        """Requests to versions without a batcher (ensembles); the others are fed by
+        their batcher's tap and their inline runs."""
         monitor = getattr(outcome.model, "drift_monitor", None)
-        if monitor is None or outcome.outputs is None:
+        if monitor is None or outcome.outputs is None or not monitor.per_request:
             return
         if self.ratio < 1.0 and _random() >= self.ratio:
             return
         if len(self._queue) >= self.capacity:
             monitor.dropped += 1
             return
-        self._queue.append((outcome.arrays, outcome.outputs, monitor))
+        self._queue.append((monitor, REFERENCES, outcome.arrays, outcome.outputs))
 
     # -- repository changes (a listener: awaited on the loop) -------------------------
 
@@ -264,9 +374,14 @@ class DriftMonitor:
             return
         if id(model) not in {id(m) for m in self._repository.versions_of(model.name)}:
             return  # unloaded meanwhile
+        old = self.monitors.get(id(model))
         self.monitors[id(model)] = monitor
         self._models[id(model)] = model
         model.drift_monitor = monitor
+        if not monitor.per_request:
+            model.batcher.tap = monitor.tap
+        if old is not None:
+            old.queue = collections.deque()  # what the old one still queues goes nowhere
         log.info("drift: monitoring %s against %s (%d features; windows of %g s or %d "
                  "rows; sample ratio %g)", model.label, path, len(monitor.refs),
                  self.window_secs, self.window_rows, self.ratio,
@@ -297,20 +412,25 @@ class DriftMonitor:
             usable.append(ref)
         if not usable:
             raise ProfileError(f"{path}: no features")
-        return VersionMonitor(model, usable, self.window_secs, self.window_rows, mtime)
+        return VersionMonitor(model, usable, self.window_secs, self.window_rows, mtime,
+                              self._queue, self.capacity, self.ratio, self._shared_memory)
 
     def _drop(self, key: int) -> None:
         self.monitors.pop(key, None)
         model = self._models.pop(key, None)
         if model is not None:
             model.drift_monitor = None
+            if getattr(model, "batcher", None) is not None:
+                model.batcher.tap = None
 
     def _register(self) -> None:
-        on = self in self._observers
-        if self.monitors and not on:
-            self._observers.append(self)
+        if self.monitors:
             self._start()
-        elif not self.monitors and on:
+        wanted = any(m.per_request for m in self.monitors.values())
+        on = self in self._observers
+        if wanted and not on:
+            self._observers.append(self)
+        elif not wanted and on:
             self._observers.remove(self)
 
     # -- the thread -------------------------------------------------------------------
@@ -326,21 +446,30 @@ class DriftMonitor:
         failed: set = set()
         while not self._stop.is_set():
             pop = queue.popleft
-            items = [pop() for _ in range(len(queue))]  # (inputs, outputs, monitor)
-            groups: list = []
-            if items:
-                one = items[0][2]
-                if all(item[2] is one for item in items):  # one monitored version: usual
-                    groups.append((one, items))
-                else:
-                    by_monitor: dict[int, tuple] = {}
-                    for item in items:
-                        by_monitor.setdefault(id(item[2]), (item[2], []))[1].append(item)
-                    groups = list(by_monitor.values())
-            for monitor, items in groups:
+            entries = [pop() for _ in range(len(queue))]
+            # References are summarised a version's share at a time (one numpy pass per
+            # tensor), matrices added as they come; both in arrival order per version.
+            groups: dict[int, tuple] = {}
+            for entry in entries:
+                monitor = entry[0]
+                group = groups.get(id(monitor))
+                if group is None:
+                    group = groups[id(monitor)] = (monitor, [])
+                group[1].append(entry)
+            for monitor, group in groups.values():
                 started = _thread_time()
                 try:
-                    monitor.add(items, _monotonic())
+                    references = []
+                    for _, kind, a, b in group:
+                        if kind == REFERENCES:
+                            references.append((a, b))
+                            continue
+                        if references:
+                            monitor.add(references, _monotonic())
+                            references = []
+                        monitor.add_matrices(a, b, _monotonic())
+                    if references:
+                        monitor.add(references, _monotonic())
                 except Exception:  # a request shaped unlike the profile: say so once
                     if monitor.label not in failed:
                         failed.add(monitor.label)
