@@ -300,7 +300,17 @@ class ModelRepository:
             for version, old in current.items():
                 if version not in new:
                     new[version] = old
-                    entry.versions[version] = VersionState(READY)
+                    # A version whose files changed and no longer load (a truncated or
+                    # overwritten model.onnx seen by the poller) still serves from the
+                    # instance loaded before, so it stays READY: readiness and the index
+                    # must agree with what answers. But the failed attempt is reported
+                    # (its reason was overwritten here before, so RepositoryIndex
+                    # showed nothing wrong); the next successful load clears it.
+                    tried = entry.versions.get(version)
+                    why = tried.reason if tried is not None and tried.state == UNAVAILABLE else ""
+                    entry.versions[version] = VersionState(
+                        READY, f"reload failed, the instance loaded before kept serving: {why}"
+                        if why else "")
         retired = [m for v, m in current.items() if new.get(v) is not m]
         for version in list(entry.versions):
             if version not in wanted and version not in new:
