@@ -5,6 +5,7 @@ so a crash leaves the old file or the new one."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -44,3 +45,19 @@ def atomic_write_bytes(path: Path, data: bytes, sync_dir: bool = True) -> None:
 
 def atomic_write_text(path: Path, text: str, sync_dir: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), sync_dir)
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete the temp files that writers of ``path`` killed mid-write left beside it
+    (atomic_write's names; a crash between mkstemp and rename leaves one each time);
+    returns how many. Only for a caller that knows no writer of ``path`` runs (a server
+    at start, before it writes its state)."""
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed

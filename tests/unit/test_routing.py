@@ -258,6 +258,23 @@ def test_routes_persist_and_restore(tmp_path):
     assert kinds == ["set", "set", "delete"]
 
 
+def test_restore_ignores_and_removes_temp_files_of_a_killed_write(tmp_path):
+    m = _manager(tmp_path)
+    m.set_route(_spec("ab", ("a", "1", 100)))
+    state = store.state_path(tmp_path)
+    # What a SIGKILL between the temp file's creation and its rename leaves behind
+    # (bench/crash_recovery.py finds one every ~15 kills): a newer, even half, state.
+    stale = [state.parent / ".routes.json.k1ll3d.tmp", state.parent / ".routes.json.x.tmp"]
+    stale[0].write_text('{"routes": [{"name": "ab", "targets": [{"model": "b"')
+    stale[1].write_text(state.read_text().replace('"ab"', '"zz"'))
+    other = state.parent / ".other.json.x.tmp"  # not ours
+    other.write_text("{}")
+    again = _manager(tmp_path)
+    assert again.restore() == 1
+    assert [r.name for r in again.list_routes()] == ["ab"]
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
 def test_rollout_rolls_back_on_candidate_errors(tmp_path):
     async def scenario():
         m = _manager(tmp_path)

@@ -21,6 +21,7 @@ from tensorgate.errors import (
     TensorGateError,
     Unavailable,
 )
+from tensorgate.fileio import remove_stale_temps
 from tensorgate.repository.paths import check_name
 from tensorgate.routing import layout
 from tensorgate.routing import rollout as ro
@@ -66,6 +67,12 @@ class RouteManager:
         UNAVAILABLE until they are), with a warning."""
         if self.state_file is None:
             return 0
+        # Writes are atomic, so a kill mid-write leaves routes.json whole plus a temp
+        # file that is never read; without this they pile up, one per such crash.
+        stale = remove_stale_temps(self.state_file)
+        if stale:
+            log.info("removed %d temp file(s) left beside %s by an interrupted write",
+                     stale, self.state_file)
         for route in store.load(self.state_file):
             for t in list(route.targets) + ([route.shadow] if route.HasField("shadow") else []):
                 try:
