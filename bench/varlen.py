@@ -5,6 +5,7 @@ Runtime one request at a time. Not a test: a benchmark (issue #17's target: at l
 1.3x the server without variable-length batching on the 2-core reference machine).
 
     python -m bench.varlen [--duration 10] [--output bench/results/DIR]
+    python -m bench.varlen --ceiling     # what batching could gain at most, in process
 
 The encoder is MiniLM-sized (see ``encoder_model``). Inputs input_ids and
 attention_mask INT64 [batch, sequence]; output sentence_embedding [batch, HIDDEN].
@@ -192,6 +193,42 @@ def inprocess(repo: Path, ids_list, seconds: float) -> dict:
     return {"requests_per_s": done / (time.perf_counter() - start)}
 
 
+def ceiling(repo: Path, count: int = 400, repeat: int = 3) -> dict:
+    """What batching can gain at most on this CPU, in process: ONNX Runtime CPU time
+    (``time.thread_time``: one intra-op thread runs on the calling thread, so the figure
+    holds on a busy machine) per request over the bench's length draw, one by one
+    against batches of B requests of one length (no padding at all), and the ratio with
+    the padding the server reported divided out by the caller. Medians of ``repeat``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(repo / "encoder_plain" / "1" / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(SEED)
+    lengths = rng.integers(LENGTHS[0], LENGTHS[1] + 1, size=count)
+
+    def cpu_per_request(batch: int) -> float:
+        runs = len(lengths) // batch
+        started = time.thread_time()
+        for length in lengths[:runs]:
+            ids = rng.integers(1, VOCAB, size=(batch, int(length)), dtype=np.int64)
+            session.run(["sentence_embedding"], {"input_ids": ids,
+                                                 "attention_mask": np.ones_like(ids)})
+        return (time.thread_time() - started) / (runs * batch)
+
+    sizes = (1, 2, 4, 6, 8)
+    for b in sizes:  # warm every shape class once
+        cpu_per_request(b)
+    seen: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(repeat):
+        for b in sizes:
+            seen[b].append(cpu_per_request(b))
+    ms = {b: sorted(v)[len(v) // 2] * 1e3 for b, v in seen.items()}
+    return {"cpu_ms_per_request": {str(b): round(v, 3) for b, v in ms.items()},
+            "gain_without_padding": {str(b): round(ms[1] / v, 2) for b, v in ms.items()}}
+
+
 def padding_invariant(repo: Path) -> float:
     """The largest difference between a request alone and padded in a batch (the
     server checks the same at load)."""
@@ -260,9 +297,19 @@ def main(argv=None) -> int:
     parser.add_argument("--buckets", default="",
                         help="variable_length_buckets (default: the server's, pow2)")
     parser.add_argument("--output", type=Path, help="write results.json here")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only the in-process ceiling: batches of equal lengths (no "
+                             "padding) against one by one, CPU time per request")
     args = parser.parse_args(argv)
     work = Path(__import__("tempfile").mkdtemp(prefix="tg-varlen-"))
     repo = build_repository(work / "repo", args.buckets)
+    if args.ceiling:
+        result = ceiling(repo)
+        print(json.dumps(result), flush=True)
+        if args.output:
+            args.output.mkdir(parents=True, exist_ok=True)
+            (args.output / "ceiling.json").write_text(json.dumps(result, indent=2))
+        return 0
     ids_list = requests(256)
     rows = []
     proc, url, metrics_url, _ = serve(repo)
