@@ -317,8 +317,9 @@ class DriftCollector:
         windows = CounterMetricFamily(
             "tensorgate_drift_windows", "Drift windows closed", labels=LABELS)
         cpu = CounterMetricFamily(
-            "tensorgate_drift_cpu_seconds", "CPU time the drift thread spent on a version "
-            "(features, windows, statistics)", labels=LABELS)
+            "tensorgate_drift_cpu_seconds", "CPU time drift monitoring spent on a version "
+            "(features on its worker threads and the drift thread, windows, statistics)",
+            labels=LABELS)
         for m in monitors:
             labels = [m.name, m.version]
             rows.add_metric(labels, m.rows_total)
