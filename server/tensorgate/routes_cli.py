@@ -92,7 +92,10 @@ def add_parser(verbs) -> None:
     r.add_argument("--hold-secs", type=float, default=60.0,
                    help="time at each stage before the next (default 60)")
     r.add_argument("--auto-promote", action="store_true",
-                   help="move on after each hold without a promote command (default: wait)")
+                   help="after the last stage, promote at once (default: wait in "
+                        "AWAITING_PROMOTION, guards on, for `routes promote`); stages "
+                        "advance on their own once held --hold-secs and the candidate "
+                        "served --min-requests")
     r.add_argument("--max-error-rate", type=float, default=0.0,
                    help="roll back when the candidate's error rate passes this (0: off)")
     r.add_argument("--max-p99-ratio", type=float, default=0.0,
@@ -109,7 +112,7 @@ def add_parser(verbs) -> None:
                    help="requests a stage needs before the guards judge it (default 0)")
     for name, text in (("pause", "hold a rollout at its stage"),
                        ("resume", "continue a paused rollout"),
-                       ("promote", "move a rollout to its next stage now"),
+                       ("promote", "end a rollout now: the candidate takes all traffic"),
                        ("rollback", "end a rollout: all traffic back to the stable target")):
         a = action(name, text)
         a.add_argument("name", help="the route's name")

@@ -121,6 +121,22 @@ def test_serving_version_survives_its_file_damaged(server, client, repo, damage)
 
 
 @pytest.mark.timeout(60)
+def test_serving_model_survives_its_config_damaged(server, client, repo):
+    path = repo / "damaged" / "config.pbtxt"
+    good = path.read_text()
+    _serves_version_1(client, POLL_S)
+    path.write_text(good.replace("max_batch_size: 8", "max_batch_size: eight"))
+    os.utime(path)
+    assert _serves_version_1(client, WATCH_S) > 10
+    state, reason = _index(client)["1"]
+    assert state == "READY", _index(client)
+    assert "reload failed" in reason and "config.pbtxt" in reason, reason
+    path.write_text(good)
+    os.utime(path)
+    _wait_for_index(client, "1", "READY")  # a good config clears the report
+
+
+@pytest.mark.timeout(60)
 def test_new_version_with_a_truncated_file_never_serves(server, client, repo):
     good = build_models.versioned_model("damaged", 2).SerializeToString()
     log_before = len(server.log)

@@ -249,7 +249,10 @@ class ModelRepository:
             log.error("model %s failed to load: %s", name, exc)
             await self._notify("load_failed", name, reason=str(exc))
             if self._loaded.get(name):
-                entry.state = READY  # the versions already serving keep serving
+                # The versions already serving keep serving; the index says why the
+                # reload failed (a damaged config.pbtxt), until a load succeeds.
+                entry.state = READY
+                entry.reason = f"reload failed, the versions loaded before kept serving: {exc}"
                 raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
             entry.state, entry.reason = UNAVAILABLE, str(exc)
             raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from None
