@@ -131,10 +131,35 @@ def status_of(exc: BaseException) -> Status:
     return INTERNAL
 
 
+# A gRPC caller reads the message in the grpc-message trailer, percent-encoded (a byte
+# outside printable ASCII takes three), and gRPC clients refuse metadata past 8 KiB
+# (grpc core's soft limit; between 8 and 16 KiB a random share is refused), so a message
+# that quotes a huge caller-supplied name (a 70,000-character model name, found by
+# bench/fuzz_scale.py) reached the caller as RESOURCE_EXHAUSTED "received initial
+# metadata size exceeds limit" instead of its own status. Messages are cut to this many
+# encoded bytes; the start, which names the condition, is kept.
+WIRE_MESSAGE_MAX_BYTES = 4096
+
+
+def bounded(message: str, limit: int = WIRE_MESSAGE_MAX_BYTES) -> str:
+    """``message``, cut where its percent-encoded size would pass ``limit`` bytes."""
+    if len(message) * 12 <= limit:  # even 4-byte characters, each byte encoded: fits
+        return message
+    cost, budget = 0, limit - 48  # room for the note on what was cut
+    for i, ch in enumerate(message):
+        code = ord(ch)
+        cost += 1 if 0x20 <= code < 0x7F and ch != "%" else 3 * len(
+            ch.encode("utf-8", "surrogatepass"))
+        if cost > budget:
+            return f"{message[:i]}... ({len(message) - i} more characters)"
+    return message
+
+
 def wire_message(exc: BaseException, log, where: str) -> str:
-    """What the caller reads for ``exc``: its own message, or, for an unexpected
-    exception, a generic one (the details go to ``log``, never to the wire)."""
+    """What the caller reads for ``exc``: its own message (cut to
+    WIRE_MESSAGE_MAX_BYTES), or, for an unexpected exception, a generic one (the details
+    go to ``log``, never to the wire)."""
     if isinstance(exc, TensorGateError):
-        return exc.message
+        return bounded(exc.message)
     log.error("%s: unexpected error", where, exc_info=exc)
     return f"{where}: {GENERIC_INTERNAL}"

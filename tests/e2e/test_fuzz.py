@@ -23,11 +23,10 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 
 from e2e_support import start_server
+from fuzz_cases import (DATATYPES, HUGE_DIMS, HUGE_SHAPE_DIMS, HUGE_SHAPE_MODELS, WIDTHS,
+                        huge_shape_message)
+from fuzz_cases import INFER_MODELS as MODELS
 
-MODELS = ("identity_fp32", "identity_bytes", "identity_int64", "fixed_shape", "runtime_error",
-          "add_sub")
-DATATYPES = ("FP32", "BYTES", "INT64", "INT8", "BOOL", "FP16", "FP64", "UINT64", "", "fp32",
-             "STRING", "\u00ff")
 CALL_TIMEOUT_S = 5.0
 EXAMPLES = 400  # per strategy; 5 strategies: 2,000 cases, about 10 s
 
@@ -76,10 +75,7 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 
-dims = st.one_of(
-    st.integers(-3, 9),
-    st.sampled_from([0, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, -(2**63), -1]),
-)
+dims = st.one_of(st.integers(-3, 9), st.sampled_from(HUGE_DIMS))
 
 
 @st.composite
@@ -98,8 +94,7 @@ def requests(draw) -> pb.ModelInferRequest:
         for d in shape:
             count *= max(d, 0)
         if payload == "exact" and count <= 64:
-            width = {"FP32": 4, "INT64": 8, "INT8": 1, "BOOL": 1, "FP16": 2, "FP64": 8,
-                     "UINT64": 8}.get(dtype, 4)
+            width = WIDTHS.get(dtype, 4)
             if dtype == "BYTES":
                 items = [draw(st.binary(max_size=6)) for _ in range(count)]
                 data = b"".join(struct.pack("<I", len(x)) + x for x in items)
@@ -168,22 +163,69 @@ def test_mutated(call, req, flips):
 
 
 @FUZZ
-@given(shape=st.lists(st.sampled_from([2**40, 2**62, 2**63 - 1, 2**31, 3, 0, 1]),
-                      min_size=1, max_size=5),
-       model=st.sampled_from(["identity_fp32", "identity_bytes", "runtime_error"]),
-       typed=st.booleans())
+@given(shape=st.lists(st.sampled_from(HUGE_SHAPE_DIMS), min_size=1, max_size=5),
+       model=st.sampled_from(HUGE_SHAPE_MODELS), typed=st.booleans())
 def test_huge_declared_shapes(call, shape, model, typed):
-    req = pb.ModelInferRequest(model_name=model)
-    dtype = "BYTES" if model == "identity_bytes" else "FP32"
-    t = req.inputs.add(name="INPUT0", datatype=dtype, shape=shape)
-    if typed:
-        if dtype == "BYTES":
-            t.contents.bytes_contents.append(b"x")
-        else:
-            t.contents.fp32_contents.append(1.0)
-    else:
-        req.raw_input_contents.append(b"\1\0\0\0x" if dtype == "BYTES" else b"\0" * 4)
-    call("huge_shapes", req.SerializeToString())
+    call("huge_shapes", huge_shape_message(model, shape, typed).SerializeToString())
+
+
+# -- regressions from bench/fuzz_scale.py (bench/results/2026-12-07-fuzz) --------------
+
+CONTROL_RPCS = ("ModelMetadata", "ModelConfig", "ModelReady", "ModelStatistics",
+                "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+                "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+                "SystemSharedMemoryUnregister", "LogSettings", "TraceSetting", "ServerMetadata")
+
+
+@pytest.mark.parametrize("rpc", CONTROL_RPCS)
+@pytest.mark.parametrize("data", [b"\n\x05ab", b"\x08", b"\xff\xff\xff"])  # for any message
+def test_malformed_control_message_is_invalid_argument(fuzz_server, rpc, data):
+    """A control-plane message that does not parse was UNKNOWN ("Unexpected <class
+    'DecodeError'>", grpc.aio's answer to a deserializer that raises) with a traceback in
+    the log; it is INVALID_ARGUMENT, as a malformed ModelInfer is."""
+    with grpc.insecure_channel(fuzz_server.grpc_url) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(f"/inference.GRPCInferenceService/{rpc}")(data, timeout=CALL_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details().startswith("malformed "), err.value.details()
+
+
+def test_malformed_routing_message_is_invalid_argument(fuzz_server):
+    with grpc.insecure_channel(fuzz_server.grpc_url) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary("/tensorgate.v1.RoutingService/GetRoute")(b"\n\x09x",
+                                                                     timeout=CALL_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+@pytest.mark.parametrize("name", ["y" * 70_000, "\u00e9" * 30_000, "\U0001f600" * 9_000])
+def test_huge_name_gets_its_own_status(fuzz_server, name):
+    """A message that quoted a 70,000-character model name did not fit gRPC's 8 KiB
+    metadata limit: the caller read RESOURCE_EXHAUSTED "received initial metadata size
+    exceeds limit" instead of NOT_FOUND. Messages are cut to 4 KiB percent-encoded."""
+    with grpc.insecure_channel(fuzz_server.grpc_url) as ch:
+        for rpc, msg in (("ModelMetadata", pb.ModelMetadataRequest(name=name)),
+                         ("RepositoryModelUnload",
+                          pb.RepositoryModelUnloadRequest(model_name=name))):
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary(f"/inference.GRPCInferenceService/{rpc}")(
+                    msg.SerializeToString(), timeout=CALL_TIMEOUT_S)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, (rpc, err.value.details())
+            assert "more characters)" in err.value.details()
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "y" * 70_000])
+def test_load_of_a_name_too_long_for_the_file_system_is_not_found(fuzz_server, name):
+    """RepositoryModelLoad of a name past NAME_MAX was INTERNAL (ENAMETOOLONG from the
+    directory lookup); no directory has that name, so it is NOT_FOUND like any other."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(fuzz_server.grpc_url) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name),
+                                     timeout=CALL_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
 
 
 def test_server_still_live_after_fuzzing(fuzz_server, call):

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e2e_support import start_server
+from fuzz_cases import HTTP_MUTATIONS, mutate_http_body, valid_http_body
 
 MODELS = ("identity_fp32", "identity_bytes", "add_sub", "fixed_shape")
 EXAMPLES = 250  # per strategy; 4 strategies: 1,000 cases
@@ -45,7 +46,7 @@ def fuzz_server(test_repo, tmp_path_factory):
 def post(fuzz_server):
     host, port = fuzz_server.http_url.rsplit(":", 1)
 
-    def send(kind: str, path: str, body: bytes, headers=None) -> None:
+    def send(kind: str, path: str, body: bytes, headers=None, expect=None) -> None:
         TRIED[kind] += 1
         conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
         try:
@@ -57,6 +58,7 @@ def post(fuzz_server):
         finally:
             conn.close()
         assert status in ALLOWED, (status, raw[:300], body[:200])
+        assert expect is None or status == expect, (status, raw[:300])
         if status != 200:
             error = json.loads(raw)["error"]
             assert error and "internal error" not in error, (status, error)
@@ -83,38 +85,13 @@ def test_random_json_bodies(post, path, doc):
     post("json", path, json.dumps(doc).encode())
 
 
-def _valid(rows: int = 1) -> dict:
-    return {"inputs": [{"name": "INPUT0", "shape": [rows, 3], "datatype": "FP32",
-                        "data": [0.5] * (3 * rows)}]}
-
-
-mutations = st.sampled_from([
-    ("inputs", None), ("inputs", {}), ("inputs", [1]), ("name", 7), ("name", "NOPE"),
-    ("shape", "x"), ("shape", [1, -3]), ("shape", [2 ** 40, 2 ** 40]), ("shape", []),
-    ("shape", [1, 3, 1]), ("datatype", "BYTES"), ("datatype", "FP99"), ("datatype", None),
-    ("data", "abc"), ("data", [[1, 2], [3]]), ("data", [True] * 3), ("data", [None] * 3),
-    ("data", [1e300] * 3), ("data", []), ("parameters", []),
-    ("parameters", {"binary_data_size": -1}), ("parameters", {"binary_data_size": 5}),
-    ("outputs", [{"name": "NOPE"}]), ("outputs", [{"name": "OUTPUT0"}] * 2),
-    ("outputs", [{"name": "OUTPUT0", "parameters": {"classification": "x"}}]),
-    ("outputs", [{"name": "OUTPUT0", "parameters": {"binary_data": 3}}]),
-    ("id", 5), ("id", "ok"),
-])
+mutations = st.sampled_from(HTTP_MUTATIONS)
 
 
 @FUZZ
 @given(rows=st.integers(1, 4), changes=st.lists(mutations, min_size=1, max_size=3))
 def test_mutated_bodies(post, rows, changes):
-    doc = _valid(rows)
-    for key, value in changes:
-        inputs = doc.get("inputs")
-        first = inputs[0] if isinstance(inputs, list) and inputs else None
-        top_level = key in ("inputs", "outputs", "id") or not isinstance(first, dict)
-        target = doc if top_level else first
-        if value is None:
-            target.pop(key, None)
-        else:
-            target[key] = value
+    doc = mutate_http_body(valid_http_body(rows), changes)
     post("mutated", "/v2/models/identity_fp32/infer", json.dumps(doc).encode())
 
 
@@ -145,6 +122,17 @@ def test_garbage_on_the_wire(fuzz_server, garbage):
     if reply:
         assert reply.startswith(b"HTTP/1.1 "), reply[:100]
         assert not reply.startswith(b"HTTP/1.1 5"), reply[:200]
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "\u00e9" * 300])
+def test_load_of_a_name_too_long_for_the_file_system_is_404(post, name):
+    """POST /v2/repository/models/<a name past NAME_MAX>/load was a 500 internal error
+    (ENAMETOOLONG, found by bench/fuzz_scale.py); no directory has that name: 404."""
+    from urllib.parse import quote
+
+    path = f"/v2/repository/models/{quote(name, safe='')}/load"
+    post("regression", path, b"", expect=404)
+    post("regression", path.replace("/load", "/unload"), b"", expect=404)
 
 
 def test_still_serving_after_the_fuzz(fuzz_server):

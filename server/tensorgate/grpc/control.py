@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from tensorgate._proto.tensorgate.v1 import control_pb2 as pb
-from tensorgate.grpc.inference import admin_handler
+from tensorgate.grpc.inference import admin_handler, lenient
 from tensorgate.routing.manager import RouteManager
 from tensorgate.security import Guard
 
@@ -83,7 +83,7 @@ def generic_handler(service: RoutingService, guard: Guard | None) -> grpc.Generi
             admin_handler(
                 rpc, fn, guard, _subject, audited=rpc not in _READ_ONLY
             ),
-            request_deserializer=req.FromString,
+            request_deserializer=lenient(req),
             response_serializer=lambda m: m.SerializeToString(),
         )
         for rpc, (fn, req) in table.items()

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tensorgate import __version__
 from tensorgate._ext.codec import (
@@ -434,6 +435,32 @@ def _statistics(model) -> pb.ModelStatistics:
 _CUDA_SHM = ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
 
 
+class MalformedRequest:
+    """What a ``lenient`` deserializer hands the handler for bytes that do not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def lenient(req_cls) -> Callable[[bytes], object]:
+    """A request deserializer that does not raise. grpc.aio answers a deserializer's
+    exception with UNKNOWN ("Unexpected <class 'DecodeError'>: ...") and logs a
+    traceback (found by bench/fuzz_scale.py: truncated or bit-flipped control-plane
+    messages); the handler raises the INVALID_ARGUMENT that README's Errors table
+    promises for a malformed message instead, after the caller's role is checked."""
+    kind = req_cls.DESCRIPTOR.name
+
+    def parse(data: bytes):
+        try:
+            return req_cls.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(InvalidArgument(f"malformed {kind}: {exc}"))
+
+    return parse
+
+
 def _guarded(
     rpc: str, fn: Callable[..., Awaitable], guard: Guard | None, role: str
 ) -> Callable[..., Awaitable]:
@@ -444,6 +471,8 @@ def _guarded(
         try:
             if guard is not None:
                 guard.check(request_context(context), role, rpc)
+            if isinstance(request, MalformedRequest):
+                raise request.error
             return await fn(request, context)
         except asyncio.CancelledError:
             raise
@@ -477,6 +506,8 @@ def admin_handler(
         who = principal.token_id if principal is not None else "-"
         outcome = "ok"
         try:
+            if isinstance(request, MalformedRequest):
+                raise request.error
             return await fn(request, context)
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -486,7 +517,8 @@ def admin_handler(
             await _abort_for(exc, context, rpc)
         finally:
             if audited:
-                audit.admin_action(rpc, ctx.peer, who, subject(request), outcome)
+                what = "-" if isinstance(request, MalformedRequest) else subject(request)
+                audit.admin_action(rpc, ctx.peer, who, what, outcome)
 
     return handler
 
@@ -505,7 +537,7 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     def typed(rpc: str, fn, req_cls, role: str = INFER):
         return unary(
             _guarded(rpc, fn, s.guard, role),
-            request_deserializer=req_cls.FromString,
+            request_deserializer=lenient(req_cls),
             response_serializer=lambda m: m.SerializeToString(),
         )
 
