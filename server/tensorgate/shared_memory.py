@@ -4,18 +4,24 @@ read from and written to them (the v2 protocol's shared-memory extension).
 A client creates a POSIX shared-memory object (``shm_open``: a file in /dev/shm),
 registers a region of it by name (key, offset, byte size), then names the region in an
 input's or output's parameters: ``shared_memory_region``, ``shared_memory_byte_size``
-and optionally ``shared_memory_offset`` (within the region). Inputs are read in place:
-the request's array is a view into the mapping, no copy. Outputs are written into the
-region and the response carries only their name, datatype and shape. This is what
-tritonclient's ``utils.shared_memory`` and ``perf_analyzer --shared-memory system`` do.
+and optionally ``shared_memory_offset`` (within the region). Inputs are read from the
+object with pread (one copy) and outputs written into it with pwrite; the response
+carries only the outputs' name, datatype and shape. This is what tritonclient's
+``utils.shared_memory`` and ``perf_analyzer --shared-memory system`` do.
 
 Off unless ``--allow-client-shm`` (as in Triton, where it is off by default too): a
 region lets a caller make the server read and write a file it maps.
 
-Lifetimes: a request holds its region's mapping through the arrays it took from it, so
-unregistering a region in use takes it out of the registry at once and unmaps it when
-the last such request is done. A client that truncates the object under a registered
-region would make reading it fault (SIGBUS); every use checks the object's size first.
+Why not a mapping: a client that truncates the object while a request reads or writes
+it through a mmap makes the access fault, and SIGBUS ends the server. Checking the size
+first does not close that window: the model reads its inputs later, on another thread
+(bench/fuzz_scale.py cut the object every 20 ms under load and killed the server within
+seconds, inputs and outputs alike). pread and pwrite cannot fault: a short read is
+refused, and a write past a cut end lands in the file.
+
+Lifetimes: a region holds a descriptor of the object; unregistering a region in use takes
+it out of the registry at once and closes the descriptor when the last request that
+will write an output into it is done.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import mmap
 import os
 import stat
+import weakref
 
 import numpy as np
 
@@ -102,19 +109,21 @@ def _object_name(name: str, key: str) -> str:
 class Region:
     """One registered region: ``byte_size`` bytes from ``offset`` in the object ``key``."""
 
-    __slots__ = ("name", "key", "offset", "byte_size", "mapping", "view")
+    __slots__ = ("name", "key", "offset", "byte_size", "fd", "__weakref__")
 
-    def __init__(self, name: str, key: str, offset: int, byte_size: int, mapping) -> None:
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int) -> None:
         self.name = name
         self.key = key
         self.offset = offset
         self.byte_size = byte_size
-        self.mapping = mapping  # the object from its start to offset + byte_size
-        self.view = memoryview(mapping)
+        self.fd = fd
+        # Closed when the last reference goes: the registry's, or an output still to be
+        # written (an OutputSpan), so a write never reaches a descriptor reused since.
+        weakref.finalize(self, os.close, fd)
 
-    def span(self, offset: int, byte_size: int) -> memoryview:
-        """The bytes a tensor names (offset within this region), checked in Triton's
-        words against the region and against the object's size now."""
+    def _check(self, offset: int, byte_size: int) -> int:
+        """The object's position of a tensor's bytes (offset within this region), checked
+        in Triton's words against the region and against the object's size now."""
         if offset >= self.byte_size:
             raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
         if offset + byte_size > self.byte_size:
@@ -122,27 +131,48 @@ class Region:
                 f"Invalid offset + byte size for shared memory region: '{self.name}' "
                 f"(offset {offset} + byte size {byte_size} > the region's {self.byte_size})"
             )
+        self._check_size(os.fstat(self.fd).st_size)
+        return self.offset + offset
+
+    def _check_size(self, size: int) -> None:
         end = self.offset + self.byte_size
-        size = self.mapping.size()  # fstat: reading past the object's end faults
         if size < end:
             raise InvalidArgument(
                 f"shared memory region '{self.name}': its object '{self.key}' now holds "
                 f"{size} bytes, fewer than the {end} registered; register it again"
             )
-        start = self.offset + offset
-        return self.view[start:start + byte_size]
 
-    def release(self) -> None:
-        """Unmap now if no request holds the mapping; else when the last one is done."""
-        self.view.release()
-        try:
-            self.mapping.close()
-        except BufferError:
-            pass  # arrays of requests in flight still use it; freed with the last one
+    def read(self, offset: int, byte_size: int) -> bytes:
+        start = self._check(offset, byte_size)
+        data = os.pread(self.fd, byte_size, start)
+        if len(data) < byte_size:  # cut between the check and the read
+            self._check_size(start + len(data))
+        return data
+
+    def span(self, offset: int, byte_size: int) -> "OutputSpan":
+        return OutputSpan(self, self._check(offset, byte_size), byte_size)
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset,
                 "byte_size": self.byte_size}
+
+
+class OutputSpan:
+    """Where one output goes: ``nbytes`` bytes at ``start`` in a region's object."""
+
+    __slots__ = ("region", "start", "nbytes")
+
+    def __init__(self, region: Region, start: int, nbytes: int) -> None:
+        self.region = region
+        self.start = start
+        self.nbytes = nbytes
+
+    def write(self, raw: memoryview) -> None:
+        region = self.region
+        region._check_size(os.fstat(region.fd).st_size)
+        done = 0
+        while done < raw.nbytes:
+            done += os.pwrite(region.fd, raw[done:], self.start + done)
 
 
 class SystemSharedMemory:
@@ -197,17 +227,10 @@ class SystemSharedMemory:
                     f"(offset {offset} + byte_size {byte_size} > the object's "
                     f"{info.st_size} bytes)"
                 )
-            try:
-                mapping = mmap.mmap(fd, offset + byte_size, mmap.MAP_SHARED,
-                                    mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{name}': unable to map it "
-                    f"({exc.strerror})"
-                ) from None
-        finally:
-            os.close(fd)  # the mapping keeps its own descriptor
-        region = Region(name, key, offset, byte_size, mapping)
+        except BaseException:
+            os.close(fd)
+            raise
+        region = Region(name, key, offset, byte_size, fd)  # owns fd from here
         self.regions[name] = region
         log.info("shared memory region %s registered: key %s, offset %d, %d bytes",
                  name, key, offset, byte_size)
@@ -221,8 +244,7 @@ class SystemSharedMemory:
         names = [name] if name else list(self.regions)
         for each in names:
             region = self.regions.pop(each, None)
-            if region is not None:
-                region.release()
+            if region is not None:  # its descriptor closes with the last reference
                 log.info("shared memory region %s unregistered", each)
 
     def status(self, name: str = "") -> list[dict]:
@@ -234,8 +256,6 @@ class SystemSharedMemory:
         return [region.status()]
 
     def close(self) -> None:
-        for region in self.regions.values():
-            region.release()
         self.regions.clear()
 
     # -- tensors -------------------------------------------------------------------------
@@ -248,18 +268,18 @@ class SystemSharedMemory:
             raise InvalidArgument(f"Unable to find shared memory region: '{name}'")
         return region
 
-    def input_bytes(self, tensor: str, params) -> memoryview:
-        """The bytes of an input that names a region: a view, no copy."""
+    def input_bytes(self, tensor: str, params) -> bytes:
+        """The bytes of an input that names a region (read now: a copy)."""
         name, offset, byte_size = _tensor_params(params, tensor)
-        return self._region(name).span(offset, byte_size)
+        return self._region(name).read(offset, byte_size)
 
-    def output_span(self, tensor: str, params) -> memoryview:
+    def output_span(self, tensor: str, params) -> OutputSpan:
         """Where an output that names a region goes (checked before the model runs)."""
         name, offset, byte_size = _tensor_params(params, tensor)
         return self._region(name).span(offset, byte_size)
 
 
-def write_output(entry: tuple, span: memoryview) -> tuple:
+def write_output(entry: tuple, span: OutputSpan) -> tuple:
     """Write one response entry's data (an ndarray, or BYTES' encoding) into ``span``;
     the entry the response carries instead: no data, as Triton answers."""
     name, datatype, shape, data = entry
@@ -269,14 +289,15 @@ def write_output(entry: tuple, span: memoryview) -> tuple:
             f"shared memory size specified with the request for output '{name}' "
             f"({span.nbytes} bytes) should be at least {raw.nbytes} bytes to hold the results"
         )
-    span[:raw.nbytes] = raw
+    span.write(raw)
     return (name, datatype, shape, b"")
 
 
 def detached(arrays: dict) -> dict:
     """``arrays`` with copies of those that are views into a shared-memory mapping, for
     work that outlives the request (a shadow run): the client may reuse a region as soon
-    as it has its answer."""
+    as it has its answer. (Inputs from a region are read with pread, copies already;
+    this guards the callers should a view into a mapping ever reach them again.)"""
     out = {}
     for key, arr in arrays.items():
         base = arr
