@@ -1,7 +1,7 @@
 """Variable-length batching, measured: a BERT-like text encoder, requests of 5 to 64
 tokens at concurrency 32, through TensorGate with ``variable_length_batching`` and
-without it (same model file, same batching settings otherwise), and in-process ONNX
-Runtime one request at a time. Not a test: a benchmark (issue #17's target: at least
+without it (same model file, same batching settings otherwise), PyTriton with Triton's
+dynamic batcher (the same settings), and in-process ONNX Runtime one request at a time. Not a test: a benchmark (issue #17's target: at least
 1.3x the server without variable-length batching on the 2-core reference machine).
 
     python -m bench.varlen [--duration 10] [--output bench/results/DIR]
@@ -135,6 +135,7 @@ def config(name: str, varlen: bool, buckets: str = "") -> str:
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH}\n'
         'input { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }\n'
         'input { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n'
+        f'output {{ name: "sentence_embedding" data_type: TYPE_FP32 dims: [ {HIDDEN} ] }}\n'
         f"dynamic_batching {{ max_queue_delay_microseconds: {DELAY_US} }}\n"
         'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
     )
@@ -229,6 +230,45 @@ def ceiling(repo: Path, count: int = 400, repeat: int = 3) -> dict:
             "gain_without_padding": {str(b): round(ms[1] / v, 2) for b, v in ms.items()}}
 
 
+def pytriton_rows(repo: Path, ids_list, args) -> list[dict]:
+    """The same load against PyTriton serving encoder_plain's file with Triton's dynamic
+    batcher (encoder_plain's max batch, queue delay and one intra-op thread; Triton
+    batches only requests of one shape, as TensorGate without variable-length batching).
+    No rows, with a note, where its virtualenv is missing (bench/peers/setup_pytriton.sh)."""
+    from bench.harness.runner import merge_step, worker_specs
+    from bench.harness.scenario import Scenario, Step
+    from bench.harness.workers import WorkerPool
+    from bench.peers.pytriton import PyTritonPeer
+
+    peer = PyTritonPeer()
+    missing = peer.available()
+    if missing:
+        print(json.dumps({"pytriton": f"left out: {missing}"}), flush=True)
+        return []
+    rows = []
+    url = peer.start(repo, "encoder_plain")
+    try:
+        step = Step(concurrency=CONCURRENCY)
+        scenario = Scenario(model="encoder_plain", concurrency=(CONCURRENCY,),
+                            warmup_s=args.warmup, duration_s=args.duration)
+        with WorkerPool(2) as pool:
+            for round_ in range(args.repeat):
+                specs = worker_specs(url, step, scenario, payloads("encoder_plain", ids_list),
+                                     dict(peer.grpc_headers))
+                row = merge_step(step, scenario, pool.run_step(specs), None)
+                rows.append({
+                    "round": round_, "model": "pytriton",
+                    "requests_per_s": round(row["requests_per_s"], 1),
+                    "p50_us": row["latency_us"].get("p50"),
+                    "p99_us": row["latency_us"].get("p99"), "errors": row["errors"],
+                    "mean_batch": None, "padding_overhead": None,
+                })
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        peer.stop()
+    return rows
+
+
 def padding_invariant(repo: Path) -> float:
     """The largest difference between a request alone and padded in a batch (the
     server checks the same at load)."""
@@ -297,6 +337,8 @@ def main(argv=None) -> int:
     parser.add_argument("--buckets", default="",
                         help="variable_length_buckets (default: the server's, pow2)")
     parser.add_argument("--output", type=Path, help="write results.json here")
+    parser.add_argument("--no-pytriton", action="store_true",
+                        help="leave out PyTriton (its dynamic batcher, encoder_plain's settings)")
     parser.add_argument("--ceiling", action="store_true",
                         help="only the in-process ceiling: batches of equal lengths (no "
                              "padding) against one by one, CPU time per request")
@@ -338,6 +380,8 @@ def main(argv=None) -> int:
     finally:
         proc.terminate()
         proc.wait(30)
+    if not args.no_pytriton:
+        rows += pytriton_rows(repo, ids_list, args)
     alone = inprocess(repo, ids_list, args.duration)
     print(json.dumps({"inprocess_one_by_one": alone}), flush=True)
 
@@ -350,6 +394,9 @@ def main(argv=None) -> int:
         "inprocess_rps": round(alone["requests_per_s"], 1),
     }
     summary["varlen_vs_plain"] = round(summary["varlen_rps"] / summary["plain_rps"], 2)
+    if any(r["model"] == "pytriton" for r in rows):
+        summary["pytriton_rps"] = median("pytriton")
+        summary["varlen_vs_pytriton"] = round(summary["varlen_rps"] / summary["pytriton_rps"], 2)
     summary["varlen_vs_inprocess"] = round(summary["varlen_rps"] / summary["inprocess_rps"], 2)
     print(json.dumps(summary), flush=True)
     if args.output:
