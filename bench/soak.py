@@ -453,6 +453,18 @@ def two_version_repository(into: Path) -> Path:
     return repo
 
 
+def _die_with_parent() -> None:
+    """In the server's child process before exec: SIGTERM it when this tool dies, so a
+    soak killed outright (a timeout's SIGKILL) leaves no server behind (Linux
+    prctl(PR_SET_PDEATHSIG); elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Server:
     """``tensorgate serve`` as a subprocess on free ports; its output is drained by a
     thread, the last lines kept for a failure message."""
@@ -470,7 +482,8 @@ class Server:
         if args.heap:
             env["TENSORGATE_HEAP_DEBUG"] = "1"
         self.proc = subprocess.Popen([*cmd, *args.serve_arg], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
+                                     stderr=subprocess.STDOUT, text=True, env=env,
+                                     preexec_fn=_die_with_parent)
         self.tail: collections.deque = collections.deque(maxlen=50)
         self.grpc = self.http = self.metrics = ""
         assert self.proc.stdout is not None
