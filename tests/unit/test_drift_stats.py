@@ -354,27 +354,27 @@ def test_batches_are_summarised_on_the_worker_and_fill_windows_by_rows():
         return ([SimpleNamespace(rows=1, inputs=None, outputs=None)] * rows, feed,
                 {"Y": feed["X"][:, 0, 0, :1]})
 
-    monitor.tap(*batch(60), True)
+    monitor.tap(*batch(60))
     kind, matrices, rows = monitor.queue[-1][1:]
     assert kind == 1 and rows == 60 and matrices[0].shape == (60, 2)
     monitor.add_matrices(matrices, rows, now=1.0)
     assert monitor.last is None
-    monitor.tap(*batch(60), True)
+    monitor.tap(*batch(60))
     monitor.add_matrices(*monitor.queue[-1][2:], now=2.0)  # 120: closes at this batch
     assert monitor.last.rows == 120 and monitor.last.score < 0.5
     # a padded or failed batch: each request's own arrays, failures left out
     good = SimpleNamespace(rows=2, inputs={"X": x[:2] + 3}, outputs={"Y": x[:2, 0, 0, :1]})
     failed = SimpleNamespace(rows=1, inputs={"X": x[:1]}, outputs=None)
-    monitor.tap([good, failed, good], None, None, False)
+    monitor.tap([good, failed, good], None, None)
     assert monitor.queue[-1][3] == 4
     # sampling keeps about the ratio's share of rows
     monitor.ratio = 0.25
     kept = 0
     for _ in range(40):
-        monitor.tap(*batch(50), True)
+        monitor.tap(*batch(50))
         kept += monitor.queue[-1][3]
     assert 350 < kept < 650
     # a full queue drops the batch's requests and counts them
     monitor.capacity = len(monitor.queue)
-    monitor.tap(*batch(5), True)
+    monitor.tap(*batch(5))
     assert monitor.dropped == 5

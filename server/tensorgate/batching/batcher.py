@@ -84,9 +84,9 @@ class Batcher:
         self._on_batch = on_batch
         self._threads: list[threading.Thread] = []
         self._varlen = varlen  # a batching.varlen.VarLenPlan: pad, run, slice back
-        # A batch observer (drift monitoring), or None: tap(batch, feed, outputs, after)
+        # A batch observer (drift monitoring), or None: tap(batch, feed, outputs)
         # on the worker thread with what ran (see _work); set and cleared by its owner.
-        self.tap: Callable[[list[Pending], dict | None, dict | None, bool], None] | None = None
+        self.tap: Callable[[list[Pending], dict | None, dict | None], None] | None = None
 
     def start(self) -> None:
         for i, runner in enumerate(self._runners):
@@ -189,14 +189,14 @@ class Batcher:
                 # failed batch) may lie in a client's shared memory: read them before.
                 gathered = feed is not None and len(batch) > 1
                 if not gathered:
-                    self._observe(tap, batch, feed, outputs, False)
+                    self._observe(tap, batch, feed, outputs)
                 self._loop.call_soon_threadsafe(self._finish, batch, timings)
                 if gathered:
-                    self._observe(tap, batch, feed, outputs, True)
+                    self._observe(tap, batch, feed, outputs)
 
-    def _observe(self, tap, batch, feed, outputs, after: bool) -> None:
+    def _observe(self, tap, batch, feed, outputs) -> None:
         try:
-            tap(batch, feed, outputs, after)
+            tap(batch, feed, outputs)
         except Exception:  # an observer must never stop the worker
             log.exception("model %s: batch observer failed", self._label)
 

@@ -133,7 +133,7 @@ class VersionMonitor:
             inputs = detached(inputs)
         self.queue.append((self, REFERENCES, inputs, outputs))
 
-    def tap(self, batch: list, feed: dict | None, outputs: dict | None, after: bool) -> None:
+    def tap(self, batch: list, feed: dict | None, outputs: dict | None) -> None:
         """A batch that ran on a worker thread (Batcher.tap): summarised here, on that
         thread, while its rows are at hand; the matrices queued for the drift thread.
         ``feed``/``outputs``: the batch's inputs and outputs as run, or None where only
@@ -147,8 +147,8 @@ class VersionMonitor:
             items = [(p.inputs, p.outputs) for p in batch
                      if p.outputs is not None and (self.ratio >= 1.0 or _random() < self.ratio)]
             if items:
-                matrices, rows = self._matrices(items)
-                queue.append((self, MATRICES, matrices, rows))
+                queue.append((self, MATRICES, self._matrices(items),
+                              sum(self._row_counts(items))))
             self.cpu_seconds += _thread_time() - started
             return
         rows = sum([p.rows for p in batch]) if self.batched else 1
@@ -182,16 +182,8 @@ class VersionMonitor:
     def add(self, items: list, now: float) -> None:
         """Sampled requests, each (inputs, outputs, ...) by name, into the current
         window; a window that fills up closes at the request that filled it."""
-        first = self._first
-        if not self.batched or first is None:
-            counts = [1] * len(items)
-        else:
-            try:
-                counts = [len(item[0][first]) for item in items]
-            except KeyError:  # an optional first input left out: one row
-                counts = [len(item[0][first]) if first in item[0] else 1 for item in items]
         start, filled = 0, self._rows
-        for j, rows in enumerate(counts):
+        for j, rows in enumerate(self._row_counts(items)):
             filled += rows
             if filled >= self.window_rows:
                 self._add(items[start:j + 1], filled - self._rows, now)
@@ -207,13 +199,19 @@ class VersionMonitor:
         if self._rows >= self.window_rows:
             self.close(now)
 
-    def _matrices(self, items: list) -> tuple[list, int]:
-        """(a matrix or None per extractor, rows) of requests' (inputs, outputs)."""
+    def _row_counts(self, items: list) -> list[int]:
+        """The rows of each request (inputs, outputs): its first monitored input's batch
+        dimension, or one (a model without batching, an optional input left out)."""
         first = self._first
         if not self.batched or first is None:
-            rows = len(items)
-        else:
-            rows = sum([len(i[first]) if first in i else 1 for i, _ in items])
+            return [1] * len(items)
+        try:
+            return [len(item[0][first]) for item in items]
+        except KeyError:  # an optional first input left out: one row
+            return [len(item[0][first]) if first in item[0] else 1 for item in items]
+
+    def _matrices(self, items: list) -> list:
+        """A matrix (or None) per extractor of requests' (inputs, outputs)."""
         matrices = []
         for ex in self.extractors:
             key, tensor = (0 if ex.source == "input" else 1), ex.tensor
@@ -224,10 +222,10 @@ class VersionMonitor:
             if not self.batched:
                 arrays = [rows_first(a, False) for a in arrays]
             matrices.append(ex.matrix(arrays) if arrays else None)
-        return matrices, rows
+        return matrices
 
     def _add(self, items: list, rows: int, now: float) -> None:
-        self._append(self._matrices(items)[0], rows, now)
+        self._append(self._matrices(items), rows, now)
 
     def _append(self, matrices: list, rows: int, now: float) -> None:
         for parts, matrix in zip(self._parts, matrices):
