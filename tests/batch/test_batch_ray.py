@@ -37,3 +37,25 @@ def test_ray_equals_the_single_process_run(tmp_path):
     assert "3 values" in errors[0]["reason"]
     summary = json.loads((tmp_path / "ray.summary.json").read_text())
     assert (summary["rows_ok"], summary["rows_failed"]) == (2999, 1)
+
+
+def test_ray_directory_output_reads_as_one_table_in_input_order(tmp_path):
+    # Small chunks, many batches: Ray's own write_parquet reordered them inside a file.
+    ids = np.arange(4000)
+    vecs = np.random.default_rng(9).standard_normal((4000, 16)).astype(np.float32)
+    pq.write_table(pa.table({"id": ids, "vec": pa.array(list(vecs), pa.list_(pa.float32()))}),
+                   tmp_path / "in.parquet", row_group_size=300)
+    out = tmp_path / "scores"
+    run = cli("--model", "simple_mlp", "--input", str(tmp_path / "in.parquet"), "--map",
+              "vec=INPUT0", "--chunk-rows", "128", "--output", str(out), "--ray", timeout=240)
+    assert run.returncode == 0, run.stderr
+    parts = sorted(p.name for p in out.glob("*.parquet"))
+    assert parts and all(p.startswith("part-") for p in parts), parts  # as a local run's
+    table = pq.read_table(out)  # the directory as a dataset: _summary.json is skipped
+    assert table.column("id").to_pylist() == ids.tolist()
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["rows_ok"], summary["rows_failed"]) == (4000, 0)
+    # A second run over the same directory is refused without --overwrite, allowed with it.
+    again = cli("--model", "simple_mlp", "--input", str(tmp_path / "in.parquet"), "--map",
+                "vec=INPUT0", "--output", str(out), "--ray", timeout=240)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
