@@ -417,7 +417,7 @@ def _prediction_log(
     plog = obs_prediction_log.PredictionLog(
         settings.prediction_log_dir, settings.prediction_log_sample_ratio,
         settings.prediction_log_rotate_bytes, settings.prediction_log_rotate_secs,
-        settings.prediction_log_buffer_size, repository, settings.allow_client_shm,
+        settings.prediction_log_buffer_size, repository,
     )
     repository.listeners.append(plog)
     log.info("prediction log: %s, sample ratio %g, files rotated at %d bytes or %g s, "
@@ -436,8 +436,7 @@ def _drift_monitor(settings: Settings, repository: ModelRepository, dataplane: D
     if settings.drift_sample_ratio <= 0:
         return None
     drift = DriftMonitor(repository, dataplane.observers, settings.drift_window_secs,
-                         settings.drift_window_rows, settings.drift_sample_ratio,
-                         shared_memory=dataplane.shared_memory)
+                         settings.drift_window_rows, settings.drift_sample_ratio)
     repository.listeners.append(drift)
     return drift
 

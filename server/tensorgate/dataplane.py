@@ -27,7 +27,7 @@ from tensorgate.context import INTERNAL, RequestContext
 from tensorgate.errors import InvalidArgument
 from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
-from tensorgate.shared_memory import SystemSharedMemory, detached, write_output
+from tensorgate.shared_memory import SystemSharedMemory, write_output
 from tensorgate.tensors import (
     DEFAULT_LIMITS,
     Limits,
@@ -279,10 +279,9 @@ class DataPlane:
 
     def _observe(self, model, request, ns, status, arrays, outputs, prepared,
                  ctx, span, route, index) -> None:
-        if arrays is not None and self.shared_memory.regions:
-            # Observers read inputs after the answer went out (drift, prediction logs),
-            # when a client may already reuse its shared-memory region: copy those.
-            arrays = detached(arrays)
+        # Observers read inputs after the answer went out (drift, prediction logs): those
+        # read from a client's shared-memory region are the server's own copies (pread),
+        # so a client reusing its region cannot change them.
         outcome = Outcome(
             model, "" if request is None else request.id, ns, status, arrays, outputs,
             prepared is not None, ctx, span,

@@ -27,7 +27,6 @@ will write an output into it is done.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import stat
 import weakref
@@ -291,19 +290,3 @@ def write_output(entry: tuple, span: OutputSpan) -> tuple:
         )
     span.write(raw)
     return (name, datatype, shape, b"")
-
-
-def detached(arrays: dict) -> dict:
-    """``arrays`` with copies of those that are views into a shared-memory mapping, for
-    work that outlives the request (a shadow run): the client may reuse a region as soon
-    as it has its answer. (Inputs from a region are read with pread, copies already;
-    this guards the callers should a view into a mapping ever reach them again.)"""
-    out = {}
-    for key, arr in arrays.items():
-        base = arr
-        while isinstance(base, np.ndarray):
-            base = base.base
-        if isinstance(base, memoryview):
-            base = base.obj
-        out[key] = arr.copy() if isinstance(base, mmap.mmap) else arr
-    return out

@@ -178,7 +178,7 @@ def test_canary_with_drifting_predictions_rolls_back(server, caller):
                             timeout=10)
     with _Load(server.grpc_url, "drift-route") as load:
         status = _rollout(caller, "drift-route", "2")  # answers x + 2 where stable says x + 1
-    assert status.state == "ROLLED_BACK", status
+    assert status.state == "ROLLED_BACK", (status, server.log[-3000:])
     assert "drift guard" in status.reason and "OUTPUT0[0]" in status.reason, status.reason
     assert "differs from stable drift:1" in status.reason, status.reason
     assert not load.errors, load.errors

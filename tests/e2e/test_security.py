@@ -265,10 +265,10 @@ def test_auth_admin_role_for_load_and_unload(auth_server, auth_stub):
     log = auth_server.log
     from tensorgate.security import token_id
 
-    assert (f"admin rpc=RepositoryModelUnload peer=ipv4:127.0.0.1:" in log)
+    assert ("admin rpc=RepositoryModelUnload peer=ipv4:127.0.0.1:" in log)
     assert f"token={token_id(ADMIN_TOKEN)} model=identity_bytes outcome=ok" in log
     assert (
-        f"denied rpc=RepositoryModelUnload peer=ipv4:127.0.0.1:" in log
+        "denied rpc=RepositoryModelUnload peer=ipv4:127.0.0.1:" in log
         and f"token={token_id(INFER_TOKEN)} reason=needs role admin" in log
     )
     assert "tensorgate.audit" in log

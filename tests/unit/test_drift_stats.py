@@ -240,9 +240,11 @@ def test_unbatched_model_counts_one_row_per_request():
 def test_observe_samples_bounds_and_counts_drops():
     model = _model()
     x = np.random.default_rng(4).standard_normal((500, 2))
-    monitor = VersionMonitor(model, _refs(model, x, x[:, :1]), 3600, 10)
     observers: list = []
     drift = DriftMonitor(SimpleNamespace(), observers, 60, 5000, capacity=3)
+    # as DriftMonitor._load makes them: the drift thread's queue and bound
+    monitor = VersionMonitor(model, _refs(model, x, x[:, :1]), 3600, 10, queue=drift._queue,
+                             capacity=drift.capacity, ratio=drift.ratio)
     model.drift_monitor = monitor
     bare = SimpleNamespace(name="other")  # a version without a profile attribute
     ok = SimpleNamespace(model=model, arrays={"X": x[:1]}, outputs={"Y": x[:1, :1]})
@@ -252,11 +254,13 @@ def test_observe_samples_bounds_and_counts_drops():
     drift.observe(SimpleNamespace(model=model, arrays={"X": x[:1]}, outputs=None))  # failed
     assert len(drift._queue) == 3 and monitor.dropped == 2
     drift._queue.clear()
-    drift.ratio = 0.25
+    monitor.ratio = 0.25  # --drift-sample-ratio, as the monitor carries it
+    queued = 0
     for _ in range(2000):
         drift.observe(ok)
+        queued += len(drift._queue)
         drift._queue.clear()
-    assert monitor.dropped == 2  # sampled out, not dropped
+    assert 400 < queued < 600 and monitor.dropped == 2  # sampled out, not dropped
 
 
 def test_collector_exposes_the_contract_names():
@@ -297,7 +301,7 @@ def _image_model():
     """A version whose input is too large for elementwise features: mean and norm."""
     return SimpleNamespace(
         name="img", version=1, version_str="1", label="img:1", max_batch_size=64,
-        batcher=SimpleNamespace(tap=None),
+        batcher=SimpleNamespace(observer=None),
         inputs={"X": spec("X", dims=(3, 16, 16))}, outputs={"Y": spec("Y", dims=(1,))},
     )
 
@@ -321,6 +325,29 @@ def test_row_moments_matches_numpy_and_refuses_what_it_cannot_read():
             row_moments(bad, sums, sumsq)
     with pytest.raises(ValueError, match="at least one value per row"):
         row_moments(parts, np.empty(2), np.empty(2))
+
+
+def test_row_summaries_writes_mean_norm_and_length_columns():
+    from tensorgate._ext.rowstats import row_summaries
+
+    rng = np.random.default_rng(9)
+    # a convnet row's width and more (several 1024-value blocks, a 16-lane tail), a
+    # float64 part, and empty rows (no mean)
+    parts = [rng.standard_normal((3, 12_301)).astype(np.float32), rng.standard_normal((2, 5)),
+             np.empty((2, 0), np.float32)]
+    out = np.full((7, 4), -7.0)
+    row_summaries(parts, out, 2, 0, 3)  # column 1 is not written
+    flat = [row.astype(np.float64) for p in parts for row in p]
+    np.testing.assert_allclose(out[:5, 2], [r.mean() for r in flat[:5]], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out[:, 0], [np.sqrt((r * r).sum()) for r in flat], rtol=1e-6)
+    assert np.isnan(out[5:, 2]).all() and (out[:, 1] == -7).all()
+    assert out[:, 3].tolist() == [12_301] * 3 + [5] * 2 + [0] * 2
+    with pytest.raises(ValueError, match="row per array row"):
+        row_summaries(parts, np.empty((6, 4)), 0, 1, 2)
+    with pytest.raises(ValueError, match="outside"):
+        row_summaries(parts, out, 0, 4, -1)
+    with pytest.raises(ValueError):
+        row_summaries([np.ones((2, 3), np.int64)], np.empty((2, 3)), 0, 1, 2)
 
 
 def test_summaries_read_rows_in_place_and_agree_with_numpy():
@@ -362,6 +389,18 @@ def test_batches_are_summarised_on_the_worker_and_fill_windows_by_rows():
     monitor.tap(*batch(60))
     monitor.add_matrices(*monitor.queue[-1][2:], now=2.0)  # 120: closes at this batch
     assert monitor.last.rows == 120 and monitor.last.score < 0.5
+    # summarised in two steps (inputs before the run, outputs after): the same matrices
+    _, feed, outputs = batch(40)
+    pending = [SimpleNamespace(rows=1, inputs=None, outputs=None)] * 40
+    monitor.tap(pending, feed, outputs)
+    whole = monitor.queue[-1][2]
+    early = monitor.gathered(pending, feed)
+    assert early[1][1] is None  # the output's part is left for after the run
+    monitor.tap(pending, feed, outputs, early)
+    split = monitor.queue[-1][2]
+    assert monitor.queue[-1][3] == 40
+    for a, b in zip(whole, split):
+        np.testing.assert_array_equal(a, b)
     # a padded or failed batch: each request's own arrays, failures left out
     good = SimpleNamespace(rows=2, inputs={"X": x[:2] + 3}, outputs={"Y": x[:2, 0, 0, :1]})
     failed = SimpleNamespace(rows=1, inputs={"X": x[:1]}, outputs=None)

@@ -84,9 +84,11 @@ class Batcher:
         self._on_batch = on_batch
         self._threads: list[threading.Thread] = []
         self._varlen = varlen  # a batching.varlen.VarLenPlan: pad, run, slice back
-        # A batch observer (drift monitoring), or None: tap(batch, feed, outputs)
-        # on the worker thread with what ran (see _work); set and cleared by its owner.
-        self.tap: Callable[[list[Pending], dict | None, dict | None], None] | None = None
+        # A batch observer (drift monitoring: a VersionMonitor), or None; set and
+        # cleared by its owner. On the worker thread: observer.gathered(batch, feed)
+        # before a gathered batch runs, observer.tap(batch, feed, outputs, early) after
+        # (see _work).
+        self.observer = None
 
     def start(self) -> None:
         for i, runner in enumerate(self._runners):
@@ -170,45 +172,49 @@ class Batcher:
             if expired:
                 self._loop.call_soon_threadsafe(self._expire, expired)
             if batch:
-                feed = values = None
+                feed = values = early = None
+                observer = self.observer  # one for the whole batch
                 try:
-                    timings, feed, values = self._execute(runner, batch, buffers)
+                    timings, feed, values, early = self._execute(runner, batch, buffers, observer)
                 except BaseException:  # never let a worker die silently
                     log.exception("model %s: batch execution failed", self._label)
                     for p in batch:
                         p.error = RuntimeFailure("internal error while executing the batch")
                     timings = BatchTimings(0, 0, 0, 0)
-                tap = self.tap
-                if tap is None:
+                if observer is None:
                     self._loop.call_soon_threadsafe(self._finish, batch, timings)
                     continue
                 outputs = None if values is None else dict(zip(self._output_names, values))
-                # The tap reads the batch after its answers went out when what it reads
-                # is this worker's own (the gathered buffer, the runtime's outputs); a
-                # request's own arrays (a batch of one, variable-length batches, a
-                # failed batch) may lie in a client's shared memory: read them before.
+                # The observer reads the batch after its answers went out when what it reads
+                # is this worker's own (the runtime's outputs; the gathered inputs it read
+                # before the run, in _execute, while they were in cache); a request's own
+                # arrays (a batch of one, variable-length batches, a failed batch) may lie
+                # in a client's shared memory: read them before.
                 gathered = feed is not None and len(batch) > 1
                 if not gathered:
-                    self._observe(tap, batch, feed, outputs)
+                    self._observe(observer, batch, feed, outputs, early)
                 self._loop.call_soon_threadsafe(self._finish, batch, timings)
                 if gathered:
-                    self._observe(tap, batch, feed, outputs)
+                    self._observe(observer, batch, feed, outputs, early)
 
-    def _observe(self, tap, batch, feed, outputs) -> None:
+    def _observe(self, observer, batch, feed, outputs, early) -> None:
         try:
-            tap(batch, feed, outputs)
+            observer.tap(batch, feed, outputs, early)
         except Exception:  # an observer must never stop the worker
             log.exception("model %s: batch observer failed", self._label)
 
     def _execute(
-        self, runner: Runner, batch: list[Pending], buffers: dict[str, np.ndarray]
-    ) -> tuple[BatchTimings, dict | None, list | None]:
+        self, runner: Runner, batch: list[Pending], buffers: dict[str, np.ndarray],
+        observer
+    ) -> tuple[BatchTimings, dict | None, list | None, object]:
         """Run the batch; (its timings, the feed and the runtime's outputs when it ran
-        as one batch of unpadded rows, else None and None: per-request outputs only)."""
+        as one batch of unpadded rows, else None and None: per-request outputs only,
+        and what ``observer.gathered`` made of the gathered feed, or None)."""
         started = time.perf_counter_ns()
         for p in batch:
             p.queue_ns = started - p.enqueued_ns
         varlen = self._varlen
+        early = None
         real = padded = 0
         if len(batch) == 1:
             feed = batch[0].inputs
@@ -220,6 +226,11 @@ class Batcher:
             )
         else:
             feed = self._gather(batch, buffers)
+            if observer is not None:
+                try:
+                    early = observer.gathered(batch, feed)
+                except Exception:  # an observer must never stop the worker
+                    log.exception("model %s: batch observer failed", self._label)
         total = sum(p.rows for p in batch)
         t_input = time.perf_counter_ns()
         try:
@@ -230,10 +241,12 @@ class Batcher:
                 for p in batch:
                     self._execute_alone(runner, p)
                 t_done = time.perf_counter_ns()
-                return BatchTimings(total, t_input - started, t_done - t_input, 0), None, None
+                timings = BatchTimings(total, t_input - started, t_done - t_input, 0)
+                return timings, None, None, None
             batch[0].error = RuntimeFailure(f"onnxruntime failed: {exc}")
             t_done = time.perf_counter_ns()
-            return BatchTimings(total, t_input - started, t_done - t_input, 0), None, None
+            timings = BatchTimings(total, t_input - started, t_done - t_input, 0)
+            return timings, None, None, None
         t_infer = time.perf_counter_ns()
         names = self._output_names
         if len(batch) == 1:
@@ -250,8 +263,8 @@ class Batcher:
         timings = BatchTimings(total, t_input - started, t_infer - t_input, t_out - t_infer,
                                real, padded)
         if varlen is not None and len(batch) > 1:
-            return timings, None, None  # padded rows: observers take each request's own
-        return timings, feed, values
+            return timings, None, None, None  # padded rows: each request's own
+        return timings, feed, values, early
 
     def _execute_alone(self, runner: Runner, p: Pending) -> None:
         try:

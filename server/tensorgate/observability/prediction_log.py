@@ -149,7 +149,6 @@ class PredictionLog:
     def __init__(
         self, directory: Path, ratio: float = 1.0, rotate_bytes: int = 64 << 20,
         rotate_secs: float = 60.0, buffer_size: int = 4096, repository=None,
-        detach_shared_memory: bool = False,
     ) -> None:
         try:
             import pyarrow as pa
@@ -172,9 +171,6 @@ class PredictionLog:
         self.ratio = ratio
         self.capacity = buffer_size
         self._repository = repository
-        # Inputs read from client shared memory are copied on the loop (the client may
-        # reuse its region once answered); only servers that allow such regions pay.
-        self._detach = detach_shared_memory
         self._queue: collections.deque = collections.deque()
         # By key, one per version decided, kept for the server's life (a capture may
         # outlive its version's unload; a policy is a few hundred bytes).
@@ -215,12 +211,7 @@ class PredictionLog:
         else:
             ctx = outcome.ctx
             trace = ctx.header("traceparent") if ctx is not None else None
-        arrays = outcome.arrays
-        if self._detach and arrays is not None:
-            from tensorgate.shared_memory import detached
-
-            arrays = detached(arrays)
-        queue.append(capture(policy, outcome, time.time_ns(), trace, arrays))
+        queue.append(capture(policy, outcome, time.time_ns(), trace))
         self.captured += 1
 
     def attach(self, model) -> Policy | None:

@@ -15,7 +15,6 @@ import time
 import numpy as np
 
 from tensorgate.routing.table import CompiledRoute, ShadowStats
-from tensorgate.shared_memory import detached
 
 log = logging.getLogger("tensorgate.routing")
 
@@ -71,7 +70,7 @@ class ShadowRunner:
             shadow.stats.skipped += 1
             return
         task = asyncio.get_running_loop().create_task(
-            self._run(shadow, detached(arrays), rows, shape_key, outputs, dataplane)
+            self._run(shadow, arrays, rows, shape_key, outputs, dataplane)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

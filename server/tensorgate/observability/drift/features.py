@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tensorgate._ext.rowstats import row_moments
+from tensorgate._ext.rowstats import row_moments, row_summaries
 
 ELEMENTWISE_MAX = 32
 SCRATCH_BYTES = 1 << 20  # rows copied together per pass: fits a core's L2 cache
@@ -84,9 +84,12 @@ class Extractor:
         self._codes = {c: i for i, c in enumerate(self.categories)}
         self._kinds = [f.kind for f in features]
         self._moments = MEAN in self._kinds or NORM in self._kinds
+        # Where row_summaries writes each summary in a matrix row (-1: not a feature).
+        self._columns = tuple(self._kinds.index(k) if k in self._kinds else -1
+                              for k in (MEAN, NORM, LENGTH))
         self._every_element = (len(self._elements) == len(self._kinds) and bool(
             (self._elements == np.arange(len(self._elements))).all()))
-        # matrix() runs on the drift thread and on worker threads (Batcher.tap): each
+        # matrix() runs on the drift thread and on worker threads (Batcher.observer): each
         # thread reuses its own scratch buffer.
         self._local = threading.local()
 
@@ -98,6 +101,8 @@ class Extractor:
         """(observations, features) float64 for arrays of this tensor, rows first."""
         if not arrays:
             return np.empty((0, len(self.features)))
+        if len(arrays) == 1 and not self.bytes and not self._moments:
+            return self._numeric(arrays[0])  # a batch: one array
         if self.bytes:
             return self._bytes_matrix(arrays)
         if self._moments:  # large rows: each read once, where it lies (no copy)
@@ -143,13 +148,18 @@ class Extractor:
             f = a.reshape(len(a), -1)
             flats.append(f if f.dtype.kind == "f" and f.dtype.itemsize >= 4
                          else f.astype(np.float64))  # ints, bool, FP16
+        out = np.empty((sum([len(f) for f in flats]), len(self._kinds)))
+        try:
+            row_summaries(flats, out, *self._columns)
+            return out
+        except ValueError:  # a byte-swapped or strided view: numpy's way
+            pass
         sums, sumsq = _moments(flats)
         if len(flats) == 1:
             widths = flats[0].shape[1]
         else:
             widths = np.repeat(np.array([f.shape[1] for f in flats], np.float64),
                                [len(f) for f in flats])
-        out = np.empty((len(sums), len(self._kinds)))
         for j, kind in enumerate(self._kinds):
             if kind == MEAN:
                 if np.all(widths):

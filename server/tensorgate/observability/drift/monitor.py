@@ -3,7 +3,7 @@
 What a request costs depends on how its version ran it, never numpy on the event loop:
 
 - a batch on an instance's worker thread (the usual way under load): the worker hands
-  the batch to the version's monitor (``Batcher.tap``), which summarises its rows where
+  the batch to the version's monitor (``Batcher.observer``), which summarises its rows where
   they lie (the gathered batch buffer, the runtime's outputs: features.py, one pass per
   row over large tensors with the GIL released) and queues the small feature matrices;
   the event loop pays nothing per request;
@@ -44,7 +44,6 @@ import numpy as np
 from tensorgate.observability.drift import stats
 from tensorgate.observability.drift.features import CATEGORY, extractors, rows_first
 from tensorgate.observability.drift.profile import PROFILE, ProfileError, Reference, read
-from tensorgate.shared_memory import detached
 
 log = logging.getLogger("tensorgate.drift")
 
@@ -87,8 +86,7 @@ class VersionMonitor:
 
     def __init__(self, model, refs: list[Reference], window_secs: float, window_rows: int,
                  mtime: float = 0.0, queue: collections.deque | None = None,
-                 capacity: int = QUEUE_CAPACITY, ratio: float = 1.0,
-                 shared_memory=None) -> None:
+                 capacity: int = QUEUE_CAPACITY, ratio: float = 1.0) -> None:
         self.name = model.name
         self.version = model.version_str
         self.label = model.label
@@ -112,7 +110,6 @@ class VersionMonitor:
         self.queue = collections.deque() if queue is None else queue  # the drift thread's
         self.capacity = capacity
         self.ratio = ratio
-        self._shared_memory = shared_memory  # the data plane's client regions, or None
         self._rng = np.random.default_rng()
         # A version without a batcher of its own (an ensemble) is fed per request by
         # the data plane's observer; every other through its batcher and run().
@@ -127,17 +124,31 @@ class VersionMonitor:
         if len(self.queue) >= self.capacity:
             self.dropped += 1
             return
-        shm = self._shared_memory
-        if shm is not None and shm.regions:
-            # Read after the answer went out, when a client may reuse its region.
-            inputs = detached(inputs)
+        # Read after the answer went out: inputs from a client's shared memory are the
+        # server's own copies (pread), which the client's next use cannot change.
         self.queue.append((self, REFERENCES, inputs, outputs))
 
-    def tap(self, batch: list, feed: dict | None, outputs: dict | None) -> None:
-        """A batch that ran on a worker thread (Batcher.tap): summarised here, on that
+    def gathered(self, batch: list, feed: dict):
+        """Before a gathered batch runs (Batcher, worker thread): its inputs' summaries,
+        for ``tap`` to queue with the outputs'. Read here, not after the run, because
+        the rows are still in the core's cache: a convnet's run pushes its 48 KB input
+        rows out, and reading them again from memory cost about 1 us a row. None when
+        the queue is full (``tap`` counts the drop)."""
+        started = _thread_time()
+        if len(self.queue) >= self.capacity:
+            return None
+        picked = self._pick(batch)
+        early = (picked, self._summarise(picked, feed, None, "input"))
+        self.cpu_seconds += _thread_time() - started
+        return early
+
+    def tap(self, batch: list, feed: dict | None, outputs: dict | None,
+            early=None) -> None:
+        """A batch that ran on a worker thread (Batcher.observer): summarised here, on that
         thread, while its rows are at hand; the matrices queued for the drift thread.
         ``feed``/``outputs``: the batch's inputs and outputs as run, or None where only
-        each request's own are meaningful (padded or failed batches)."""
+        each request's own are meaningful (padded or failed batches); ``early``: what
+        ``gathered`` returned for it, the inputs' part done."""
         started = _thread_time()
         queue = self.queue
         if len(queue) >= self.capacity:
@@ -151,6 +162,21 @@ class VersionMonitor:
                               sum(self._row_counts(items))))
             self.cpu_seconds += _thread_time() - started
             return
+        if early is None:
+            picked = self._pick(batch)
+            matrices = self._summarise(picked, feed, outputs, None)
+        else:
+            picked, matrices = early
+            for i, matrix in enumerate(self._summarise(picked, None, outputs, "output")):
+                if matrix is not None:
+                    matrices[i] = matrix
+        if picked[0]:
+            queue.append((self, MATRICES, matrices, picked[0]))
+        self.cpu_seconds += _thread_time() - started
+
+    def _pick(self, batch: list) -> tuple:
+        """(rows, keep) of a batch that ran as one: how many rows the sample takes, and
+        which (None: all); rows 0 when it takes none."""
         rows = sum([p.rows for p in batch]) if self.batched else 1
         keep = None
         if self.ratio < 1.0:
@@ -159,10 +185,18 @@ class VersionMonitor:
                 rows = len(keep)
             elif _random() >= self.ratio:
                 rows = 0
-            if not rows:
-                return
+        return rows, keep
+
+    def _summarise(self, picked: tuple, feed: dict | None, outputs: dict | None,
+                   source: str | None) -> list:
+        """A matrix (or None) per extractor of the picked rows of a batch's ``feed``
+        and ``outputs``; ``source``: only the extractors of "input" or "output"."""
+        rows, keep = picked
         matrices = []
         for ex in self.extractors:
+            if not rows or (source is not None and ex.source != source):
+                matrices.append(None)
+                continue
             array = (feed if ex.source == "input" else outputs).get(ex.tensor)
             if array is None:  # an optional input the batch left out
                 matrices.append(None)
@@ -172,8 +206,7 @@ class VersionMonitor:
             elif keep is not None:
                 array = array[keep]
             matrices.append(ex.matrix([array]))
-        queue.append((self, MATRICES, matrices, rows))
-        self.cpu_seconds += _thread_time() - started
+        return matrices
 
     @property
     def features(self) -> list[str]:
@@ -304,11 +337,9 @@ class DriftMonitor:
     serving version has a profile."""
 
     def __init__(self, repository, observers: list, window_secs: float, window_rows: int,
-                 sample_ratio: float = 1.0, capacity: int = QUEUE_CAPACITY,
-                 shared_memory=None) -> None:
+                 sample_ratio: float = 1.0, capacity: int = QUEUE_CAPACITY) -> None:
         self._repository = repository
         self._observers = observers
-        self._shared_memory = shared_memory  # the data plane's client regions
         self.window_secs = window_secs
         self.window_rows = window_rows
         self.ratio = sample_ratio
@@ -327,12 +358,7 @@ class DriftMonitor:
         monitor = getattr(outcome.model, "drift_monitor", None)
         if monitor is None or outcome.outputs is None or not monitor.per_request:
             return
-        if self.ratio < 1.0 and _random() >= self.ratio:
-            return
-        if len(self._queue) >= self.capacity:
-            monitor.dropped += 1
-            return
-        self._queue.append((monitor, REFERENCES, outcome.arrays, outcome.outputs))
+        monitor.inline(outcome.arrays, outcome.outputs)  # its sampling, its queue's bound
 
     # -- repository changes (a listener: awaited on the loop) -------------------------
 
@@ -377,7 +403,7 @@ class DriftMonitor:
         self._models[id(model)] = model
         model.drift_monitor = monitor
         if not monitor.per_request:
-            model.batcher.tap = monitor.tap
+            model.batcher.observer = monitor
         if old is not None:
             old.queue = collections.deque()  # what the old one still queues goes nowhere
         log.info("drift: monitoring %s against %s (%d features; windows of %g s or %d "
@@ -411,7 +437,7 @@ class DriftMonitor:
         if not usable:
             raise ProfileError(f"{path}: no features")
         return VersionMonitor(model, usable, self.window_secs, self.window_rows, mtime,
-                              self._queue, self.capacity, self.ratio, self._shared_memory)
+                              self._queue, self.capacity, self.ratio)
 
     def _drop(self, key: int) -> None:
         self.monitors.pop(key, None)
@@ -419,7 +445,7 @@ class DriftMonitor:
         if model is not None:
             model.drift_monitor = None
             if getattr(model, "batcher", None) is not None:
-                model.batcher.tap = None
+                model.batcher.observer = None
 
     def _register(self) -> None:
         if self.monitors:
