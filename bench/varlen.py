@@ -130,15 +130,20 @@ def encoder_model():
     return model
 
 
-def config(name: str, varlen: bool, buckets: str = "") -> str:
+def config(name: str, varlen: bool, buckets: str = "", threads: int = 1,
+           instances: int = 1) -> str:
     text = (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH}\n'
         'input { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }\n'
         'input { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n'
         f'output {{ name: "sentence_embedding" data_type: TYPE_FP32 dims: [ {HIDDEN} ] }}\n'
         f"dynamic_batching {{ max_queue_delay_microseconds: {DELAY_US} }}\n"
-        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
     )
+    if instances:  # else the server's default: one instance
+        text += f"instance_group {{ count: {instances} kind: KIND_CPU }}\n"
+    if threads:  # else ONNX Runtime's default: a thread per physical core
+        text += ('parameters { key: "intra_op_thread_count" '
+                 f'value: {{ string_value: "{threads}" }} }}\n')
     if varlen:
         text += ('parameters { key: "variable_length_batching" '
                  'value: { string_value: "input_ids:0,attention_mask:0" } }\n')
@@ -148,12 +153,14 @@ def config(name: str, varlen: bool, buckets: str = "") -> str:
     return text
 
 
-def build_repository(root: Path, buckets: str = "") -> Path:
+def build_repository(root: Path, buckets: str = "", threads: int = 1,
+                     instances: int = 1) -> Path:
     model = encoder_model().SerializeToString()
     for name, varlen in (("encoder_varlen", True), ("encoder_plain", False)):
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "1" / "model.onnx").write_bytes(model)
-        (root / name / "config.pbtxt").write_text(config(name, varlen, buckets))
+        (root / name / "config.pbtxt").write_text(
+            config(name, varlen, buckets, threads, instances))
     return root
 
 
@@ -336,6 +343,12 @@ def main(argv=None) -> int:
                         help="alternating runs of each server variant (2)")
     parser.add_argument("--buckets", default="",
                         help="variable_length_buckets (default: the server's, pow2)")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="ONNX Runtime intra-op threads per instance, both servers (1; "
+                             "0: not set, ONNX Runtime's default of one per core)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="model instances (instance_group count), both servers (1; 0: "
+                             "no instance_group, the server's default)")
     parser.add_argument("--output", type=Path, help="write results.json here")
     parser.add_argument("--no-pytriton", action="store_true",
                         help="leave out PyTriton (its dynamic batcher, encoder_plain's settings)")
@@ -344,7 +357,7 @@ def main(argv=None) -> int:
                              "padding) against one by one, CPU time per request")
     args = parser.parse_args(argv)
     work = Path(__import__("tempfile").mkdtemp(prefix="tg-varlen-"))
-    repo = build_repository(work / "repo", args.buckets)
+    repo = build_repository(work / "repo", args.buckets, args.intra_op_threads, args.instances)
     if args.ceiling:
         result = ceiling(repo)
         print(json.dumps(result), flush=True)
@@ -405,7 +418,9 @@ def main(argv=None) -> int:
             json.dumps({"rows": rows, "inprocess": alone, "summary": summary,
                         "model": {"vocab": VOCAB, "hidden": HIDDEN, "layers": LAYERS,
                                   "lengths": LENGTHS, "concurrency": CONCURRENCY,
-                                  "max_batch": MAX_BATCH, "delay_us": DELAY_US}}, indent=2))
+                                  "max_batch": MAX_BATCH, "delay_us": DELAY_US,
+                                  "intra_op_threads": args.intra_op_threads,
+                                  "instances": args.instances}}, indent=2))
     return 0
 
 
