@@ -111,7 +111,13 @@ def test_reshape_is_checked_against_the_graph():
         ("max_batch_size: 8 sequence_batching { }", "sequence_batching: not supported"),
         ("response_cache { enable: true }", r"response_cache \{ enable: true \}"),
         ('optimization { execution_accelerators { gpu_execution_accelerator [ '
-         '{ name: "tensorrt" } ] } }', "gpu_execution_accelerator 'tensorrt'"),
+         '{ name: "cuda_graphs" } ] } }', "gpu_execution_accelerator 'cuda_graphs'"),
+        ('optimization { execution_accelerators { gpu_execution_accelerator [ '
+         '{ name: "tensorrt" parameters { key: "precision_mode" value: "INT4" } } ] } }',
+         "'precision_mode': 'INT4': expected FP32 or FP16"),
+        ('optimization { execution_accelerators { gpu_execution_accelerator [ '
+         '{ name: "tensorrt" parameters { key: "trt_int8_enable" value: "1" } } ] } }',
+         "parameter 'trt_int8_enable': not a TensorRT parameter"),
         ('optimization { execution_accelerators { cpu_execution_accelerator [ '
          '{ name: "openvino" } ] } }', "cpu_execution_accelerator 'openvino'"),
         ("model_transaction_policy { decoupled: true }", "decoupled"),

@@ -70,7 +70,7 @@ class Batcher:
         scheduler: Scheduler,
         runners: list[Runner],
         output_names: list[str],
-        input_buffers: Callable[[], dict[str, np.ndarray]],
+        input_buffers: Callable[[Runner], dict[str, np.ndarray]],
         loop: asyncio.AbstractEventLoop,
         on_batch: Callable[[list[Pending], BatchTimings], None],
         varlen=None,
@@ -163,7 +163,7 @@ class Batcher:
 
     def _work(self, runner: Runner) -> None:
         scheduler = self._scheduler
-        buffers = self._new_buffers()  # this instance's batch buffers, sized at load
+        buffers = self._new_buffers(runner)  # this instance's batch buffers, sized at load
         while True:
             got = scheduler.next_batch()
             if got is None:

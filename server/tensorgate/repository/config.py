@@ -203,15 +203,9 @@ def _check_unsupported(config: mc.ModelConfig) -> None:
             "cache; start it with --cache-size BYTES (e.g. 64M; Triton's --cache-config "
             "local,size=N works too), or remove the field to serve the model without one"
         )
-    accelerators = config.optimization.execution_accelerators
-    for kind, entries in (("gpu", accelerators.gpu_execution_accelerator),
-                          ("cpu", accelerators.cpu_execution_accelerator)):
-        for entry in entries:
-            raise ModelLoadError(
-                f"config.pbtxt optimization.execution_accelerators.{kind}_execution_accelerator "
-                f"'{entry.name}': not supported by TensorGate (ONNX Runtime runs the model on "
-                "its CPU or CUDA execution provider); remove it"
-            )
+    from tensorgate.runtime.gpu import accelerators
+
+    accelerators(config, 0)  # refuses what it does not run, naming the field
     if config.model_transaction_policy.decoupled:
         raise ModelLoadError(
             "config.pbtxt model_transaction_policy { decoupled: true }: TensorGate answers "

@@ -30,7 +30,7 @@ from tensorgate.repository.config import (
     graph_tensors,
     _complete_instance_groups,
 )
-from tensorgate.runtime import version_tests
+from tensorgate.runtime import gpu, version_tests
 from tensorgate.runtime.session import (
     bool_param,
     create_session,
@@ -187,8 +187,9 @@ class ModelVersion:
         _complete_instance_groups(groups)
         opts = session_options(parsed.config)
         register_op_libraries(opts, parsed.config, files)  # custom ops, e.g. tokenizers
+        acc = gpu.accelerators(groups, version)
         sessions = [
-            create_session(model_bytes, opts, spec, f"{name}:{version}")
+            create_session(model_bytes, opts, spec, f"{name}:{version}", acc)
             for spec in instance_specs(groups)
         ]
         first = sessions[0][0]
@@ -382,21 +383,42 @@ class ModelVersion:
             group_by_shape=self.varlen is not None,  # one length bucket per batch
         )
 
-    def _batch_buffers(self) -> dict[str, np.ndarray]:
-        """Per-instance batch buffers for fixed-shape inputs, sized max_batch_size."""
+    def _batch_buffers(self, runner=None) -> dict[str, np.ndarray]:
+        """Per-instance batch buffers for fixed-shape inputs, sized max_batch_size;
+        page-locked for a runner that copies them to a GPU (gpu.BoundRunner)."""
         if not self.dynamic_batching:
             return {}
-        return {
-            name: np.empty((self.max_batch_size,) + (spec.model_dims or spec.dims), spec.dtype.numpy)
-            for name, spec in self.inputs.items()
-            if spec.fixed and spec.dtype.wire != "BYTES"
-        }
+        buffers = {}
+        for name, spec in self.inputs.items():
+            if not spec.fixed or spec.dtype.wire == "BYTES":
+                continue
+            shape = (self.max_batch_size,) + (spec.model_dims or spec.dims)
+            if getattr(runner, "pinned", False):
+                buffers[name], why = gpu.pinned_empty(shape, spec.dtype.numpy)
+                if why is not None:
+                    log.warning("%s: batch buffer for %s is not page-locked (%s): copies to "
+                                "the GPU go through the driver's staging buffer",
+                                self.label, name, why)
+            else:
+                buffers[name] = np.empty(shape, spec.dtype.numpy)
+        return buffers
+
+    def runners(self) -> list:
+        """One callable per instance, feed -> outputs in ``output_names`` order: IO
+        binding with page-locked batch buffers on a GPU, ``session.run`` on the CPU."""
+        names = self.output_names
+        runners = []
+        for session, device in zip(self._sessions, self.devices):
+            if device.startswith("cuda:"):
+                runners.append(gpu.BoundRunner(session, names, "cuda", int(device[5:]),
+                                               pinned=True))
+            else:
+                runners.append(lambda feed, s=session: s.run(names, feed))
+        return runners
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         names = self.output_names
-        runners = [
-            (lambda feed, s=session: s.run(names, feed)) for session in self._sessions
-        ]
+        runners = self.runners()
         self.batcher = Batcher(
             self.label, self._scheduler(), runners, names, self._batch_buffers, loop,
             self._record_batch, self.varlen,

@@ -18,11 +18,12 @@ import onnxruntime as ort
 
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.errors import ModelLoadError
+from tensorgate.runtime import gpu
 
 log = logging.getLogger("tensorgate.runtime")
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
+CUDA = gpu.CUDA
+CPU = gpu.CPU
 
 _GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -139,30 +140,39 @@ def cuda_usable() -> bool:
 
 
 def create_session(
-    model_bytes: bytes, opts: ort.SessionOptions, spec: InstanceSpec, label: str
+    model_bytes: bytes, opts: ort.SessionOptions, spec: InstanceSpec, label: str,
+    accelerators: gpu.Accelerators | None = None,
 ) -> tuple[ort.InferenceSession, str]:
-    """Create one session; returns it with the provider it really runs on."""
+    """Create one session; returns it with the device it really runs on."""
     kinds = mc.ModelInstanceGroup
+    acc = accelerators or gpu.Accelerators()
     wants_gpu = spec.kind in (kinds.KIND_GPU, kinds.KIND_AUTO)
     providers: list = [CPU]
     if wants_gpu and cuda_usable():
-        providers = [(CUDA, {"device_id": spec.gpu}), CPU]
+        providers, left_out = gpu.providers(acc, spec.gpu, ort.get_available_providers())
+        if left_out:
+            log.warning("%s instance %s: TensorRT (config gpu_execution_accelerator "
+                        "\"tensorrt\") left out: %s", label, spec.group, left_out)
     try:
         session = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from None
     got = session.get_providers()[0]
+    on_gpu = got in (CUDA, gpu.TENSORRT)
     global _cuda_works
     if providers[0] != CPU:
-        _cuda_works = got == CUDA
+        _cuda_works = on_gpu
         if not _cuda_works:
             log.info("CUDA is not usable here; models load on the CPU from now on")
-    if spec.kind == kinds.KIND_GPU and got != CUDA:
+    if spec.kind == kinds.KIND_GPU and not on_gpu:
         log.warning(
             "%s instance %s asked for GPU %d but CUDA is not usable here (providers: %s); "
             "running on the CPU", label, spec.group, spec.gpu, ", ".join(session.get_providers()),
         )
-    return session, ("cuda:%d" % spec.gpu) if got == CUDA else "cpu"
+    if acc.tensorrt is not None and not on_gpu:
+        log.warning("%s instance %s: config gpu_execution_accelerator \"tensorrt\" applies to "
+                    "GPU instances; this one runs on the CPU without it", label, spec.group)
+    return session, ("cuda:%d" % spec.gpu) if on_gpu else "cpu"
 
 
 # model_operations { op_library_filename: "onnxruntime_extensions" } names the custom-op
