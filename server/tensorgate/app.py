@@ -37,6 +37,7 @@ from tensorgate.observability import logs as obs_logs
 from tensorgate.observability import prediction_log as obs_prediction_log
 from tensorgate.observability import tracing as obs_tracing
 from tensorgate.observability.drift import DriftMonitor
+from tensorgate.observability.gpu_metrics import gpu_collector
 from tensorgate.observability.hooks import ModelHooks
 from tensorgate.observability.live_settings import LogSettings
 from tensorgate.observability.metrics import serve_metrics
@@ -266,13 +267,16 @@ async def serve(settings: Settings) -> int:
             return give_up("HTTP", settings.http_port, exc)
     metrics_server = None
     metrics_port = -1
+    gpus = None
     if settings.metrics_port >= 0:
+        gpus = gpu_collector(settings.allow_gpu_metrics)  # None without NVML or a GPU
         try:
             metrics_server, metrics_port = serve_metrics(
                 settings.host, settings.metrics_port, lambda: _serving_versions(repository),
                 hooks.events, routes, frontend, cache,
                 ([prediction_log.collector()] if prediction_log is not None else [])
-                + ([registry.collector()] if registry is not None else []),
+                + ([registry.collector()] if registry is not None else [])
+                + ([gpus] if gpus is not None else []),
             )
         except OSError as exc:
             return give_up("metrics", settings.metrics_port, exc)
@@ -315,6 +319,8 @@ async def serve(settings: Settings) -> int:
         await repository.unload_all()
         if metrics_server is not None:
             metrics_server.shutdown()
+        if gpus is not None:
+            gpus.close()
         return 1
     try:
         restored = routes.restore()
@@ -386,6 +392,8 @@ async def serve(settings: Settings) -> int:
     obs_tracing.uninstall()  # flushes the spans still buffered
     if metrics_server is not None:
         metrics_server.shutdown()
+    if gpus is not None:
+        gpus.close()
     log.info("stopped")
     return 0
 

@@ -31,7 +31,6 @@ TRITON_EQUIVALENTS = {
     "--allow-http": "--http-port -1 turns HTTP off",
     "--allow-grpc": "gRPC is always served (--grpc-port)",
     "--allow-metrics": "--metrics-port -1 turns metrics off",
-    "--allow-gpu-metrics": "GPU metrics are served where a GPU is present",
     "--allow-cpu-metrics": "process metrics are always on /metrics",
     "--http-address": "--host", "--grpc-address": "--host", "--metrics-address": "--host",
     "--log-verbose": "--log-level DEBUG",
@@ -303,6 +302,16 @@ class Settings:
             "the repository (e.g. onto a shared volume). Off: they are skipped by the "
             "scan and refused by RepositoryModelLoad, so no name a caller sends and no "
             "link in the repository makes the server read outside it."
+        ),
+    )
+    allow_gpu_metrics: bool = field(
+        default=True,
+        metadata=_doc(
+            "Triton's GPU metrics on /metrics (nv_gpu_utilization, "
+            "nv_gpu_memory_{total,used}_bytes, nv_gpu_power_{usage,limit}, "
+            "nv_energy_consumption), read through NVML at each scrape, as Triton's "
+            "--allow-gpu-metrics. Without nvidia-ml-py (the gpu extra), an NVIDIA driver or "
+            "a GPU there are none; one INFO line at start says why."
         ),
     )
     allow_client_shm: bool = field(

@@ -228,3 +228,23 @@ def test_grafana_dashboard_uses_only_metrics_we_expose():
     registry.register(DriftCollector(lambda: [monitored]))
     exposed = set(re.findall(r"^(\w+)[{ ]", exposition(registry).decode(), re.M))
     assert used and used <= exposed, used - exposed
+
+
+def test_energy_counter_metadata_has_no_total_suffix():
+    """Triton's counter names carry no _total; prometheus_client adds it to the
+    metadata lines, and exposition() takes it off again (nv_energy_consumption too)."""
+    from prometheus_client.core import Metric
+
+    from tensorgate.observability.metrics import exposition
+
+    class Energy:
+        def collect(self):
+            m = Metric("nv_energy_consumption", "energy", "counter")
+            m.add_sample("nv_energy_consumption", {"gpu_uuid": "GPU-1"}, 1.0)
+            yield m
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Energy())
+    text = exposition(registry)
+    assert b"# TYPE nv_energy_consumption counter\n" in text
+    assert b'nv_energy_consumption{gpu_uuid="GPU-1"} 1.0' in text

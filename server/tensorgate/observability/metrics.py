@@ -341,7 +341,7 @@ class DriftCollector:
 # prometheus_client writes "# TYPE x_total counter" for every counter, but Triton's
 # counters have no _total suffix, and their samples don't either: name the metadata as
 # the samples are named (as Triton's own /metrics does), so Prometheus types them.
-_TRITON_COUNTER_META = re.compile(rb"^# (HELP|TYPE) (nv_(?:inference|cache)_\w+)_total ", re.M)
+_TRITON_COUNTER_META = re.compile(rb"^# (HELP|TYPE) (nv_(?:inference|cache|energy)_\w+)_total ", re.M)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
