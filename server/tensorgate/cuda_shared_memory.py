@@ -125,6 +125,8 @@ class CudaSharedMemory:
         self.system = system
         self.regions: dict[str, CudaRegion] = {}
         self._runtime = runtime
+        # The system registry refuses (and reports) these names too: one namespace.
+        system.cuda_names = self.regions
 
     @property
     def allowed(self) -> bool:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from tensorgate.cuda_shared_memory import CudaSharedMemory
 from tensorgate.errors import (
     AlreadyExists, InvalidArgument, NotFound, RuntimeFailure, Unimplemented,
 )
+from tensorgate.dtypes import BY_WIRE
 from tensorgate.shared_memory import SystemSharedMemory, write_output
+from tensorgate.tensors import TensorSpec, request_inputs, requested_outputs
 
 
 class FakeRuntime:
@@ -364,6 +367,41 @@ def test_an_unregistered_region_is_unmapped_after_its_last_output(registry, fake
     del span
     gc.collect()
     assert len(fake.closed) == 2 and fake.mapped == {}
+
+
+def _tensor(name, datatype, shape, params):
+    return SimpleNamespace(name=name, datatype=datatype, shape=shape, parameters=params,
+                           contents=None)
+
+
+def test_the_data_planes_tensor_functions_take_cuda_regions(registry, fake):
+    """What dataplane hands request_inputs and requested_outputs: inputs from a CUDA
+    region (FP32 and BYTES) beside a raw one, an output span into the region."""
+    strings = b"\x03\x00\x00\x00abc\x01\x00\x00\x00z"
+    handle = fake.allocate(FLOATS + strings + b"\x00" * 16)
+    registry.register("r", handle, 0, 64 + len(strings) + 16)
+    specs = {"A": TensorSpec("A", BY_WIRE["FP32"], (4,), None),
+             "S": TensorSpec("S", BY_WIRE["BYTES"], (2,), None),
+             "B": TensorSpec("B", BY_WIRE["FP32"], (4,), None)}
+    request = SimpleNamespace(
+        inputs=[_tensor("A", "FP32", (1, 4), _params("r", 16, 16)),
+                _tensor("S", "BYTES", (1, 2), _params("r", len(strings), 64)),
+                _tensor("B", "FP32", (1, 4), None)],
+        raw_input_contents=[np.ones(4, np.float32).tobytes()],
+        outputs=[SimpleNamespace(name="B", parameters=_params("r", 16, 64 + len(strings)))],
+    )
+    arrays, rows, _ = request_inputs(request, specs, 8, "m", shared_memory=registry)
+    assert rows == 1
+    np.testing.assert_array_equal(arrays["A"], [[4, 5, 6, 7]])
+    assert arrays["S"].tolist() == [["abc", "z"]]  # BYTES inputs reach models as str
+    [(spec, k, span)] = requested_outputs(request, specs, "m", shared_memory=registry)
+    write_output(("B", "FP32", (1, 4), arrays["A"] * 2), span)
+    end = 64 + len(strings)
+    assert bytes(fake.allocations[handle][1][end:]) == np.float32([8, 10, 12, 14]).tobytes()
+    request.inputs[0].parameters = _params("r", 16, 80)  # the region holds 92 bytes
+    with pytest.raises(InvalidArgument, match="Invalid offset \\+ byte size for shared "
+                                              "memory region: 'r'"):
+        request_inputs(request, specs, 8, "m", shared_memory=registry)
 
 
 # -- a real region, where a GPU is -----------------------------------------------------
