@@ -387,6 +387,7 @@ async def serve(settings: Settings) -> int:
     if cache is not None:
         await cache.close()
     shared_memory.close()
+    dataplane.cuda_shared_memory.close()
     if prediction_log is not None:  # every request is answered: write what is buffered
         await loop.run_in_executor(None, prediction_log.close)
     obs_tracing.uninstall()  # flushes the spans still buffered

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from tensorgate.cache import ResponseCache, request_key
 from tensorgate.context import INTERNAL, RequestContext
+from tensorgate.cuda_shared_memory import CudaSharedMemory
 from tensorgate.errors import InvalidArgument
 from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
@@ -113,6 +114,8 @@ class DataPlane:
         self.routes = routes  # a routing.manager.RouteManager, or None
         # Regions clients registered (off: a registry that refuses to register any).
         self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
+        # CUDA regions (same switch, one namespace); tensors find either kind through it.
+        self.cuda_shared_memory = CudaSharedMemory(self.shared_memory)
         self.observers: list = []  # each has observe(outcome: Outcome)
 
     async def infer(self, request, ctx: RequestContext, span=None) -> InferResult:
@@ -184,7 +187,7 @@ class DataPlane:
         arrays = outputs = tensors = None
         try:
             if prepared is None:
-                shm = self.shared_memory
+                shm = self.cuda_shared_memory  # system and CUDA regions
                 arrays, rows, shape_key = request_inputs(
                     request, model.inputs, model.max_batch_size, model.name, self.limits, shm
                 )

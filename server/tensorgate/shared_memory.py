@@ -30,6 +30,7 @@ import logging
 import os
 import stat
 import weakref
+from collections.abc import Container
 
 import numpy as np
 
@@ -45,10 +46,6 @@ OFFSET = "shared_memory_offset"
 DISABLED = (
     "Client shared memory is disabled. Start the server with '--allow-client-shm=true' "
     "to enable."
-)
-CUDA_UNSUPPORTED = (
-    "CUDA shared memory is not supported by this server (it serves CPU system shared "
-    "memory: SystemSharedMemoryRegister)"
 )
 
 
@@ -180,6 +177,8 @@ class SystemSharedMemory:
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed
         self.regions: dict[str, Region] = {}
+        # The names CUDA regions hold (cuda_shared_memory sets it): one namespace, as Triton's.
+        self.cuda_names: Container[str] = ()
 
     # -- the extension's three calls -----------------------------------------------
 
@@ -188,7 +187,7 @@ class SystemSharedMemory:
             raise Unimplemented(DISABLED)
         if not name:
             raise InvalidArgument("a shared memory region needs a name")
-        if name in self.regions:
+        if name in self.regions or name in self.cuda_names:
             raise AlreadyExists(f"shared memory region '{name}' already in manager")
         if len(self.regions) >= MAX_REGIONS:
             raise InvalidArgument(
@@ -251,6 +250,9 @@ class SystemSharedMemory:
             return [r.status() for r in self.regions.values()]
         region = self.regions.get(name)
         if region is None:
+            if name in self.cuda_names:
+                raise NotFound(f"The region named '{name}' is registered as CUDA shared "
+                               "memory, not system shared memory")
             raise NotFound(f"Unable to find system shared memory region: '{name}'")
         return [region.status()]
 

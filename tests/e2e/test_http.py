@@ -148,7 +148,10 @@ def test_curl_style_json_request(server):
         ("POST", "/v2/repository/models/a%00b/load", b"", 400, "control characters"),
         ("POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "/k", "byte_size": 8}',
          501, "Client shared memory is disabled"),
-        ("GET", "/v2/cudasharedmemory/status", b"", 501, "CUDA shared memory is not supported"),
+        ("POST", "/v2/cudasharedmemory/region/r/register",
+         b'{"raw_handle": {"b64": ""}, "device_id": 0, "byte_size": 8}', 501,
+         "Client shared memory is disabled"),
+        ("GET", "/v2/cudasharedmemory/region/r/register", b"", 405, "Method Not Allowed"),
         ("GET", "/v2/systemsharedmemory/region/r/register", b"", 405, "Method Not Allowed"),
     ],
 )

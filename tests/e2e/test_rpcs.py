@@ -369,7 +369,6 @@ def test_repository_index_contradicting_config_reason(client):
             ),
         ),
         ("SystemSharedMemoryUnregister", service_pb2.SystemSharedMemoryUnregisterRequest(name="r")),
-        ("CudaSharedMemoryStatus", service_pb2.CudaSharedMemoryStatusRequest()),
         (
             "CudaSharedMemoryRegister",
             service_pb2.CudaSharedMemoryRegisterRequest(
@@ -380,7 +379,7 @@ def test_repository_index_contradicting_config_reason(client):
     ],
 )
 def test_unimplemented_rpcs(server, method, request_message):
-    """CUDA shared memory, and system shared memory changes without --allow-client-shm."""
+    """Shared memory changes, system and CUDA, without --allow-client-shm."""
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:

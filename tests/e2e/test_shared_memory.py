@@ -7,6 +7,7 @@ wrong answered with a status and a message naming what was wrong. One server wit
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 
@@ -335,7 +336,7 @@ def test_unregistering_while_in_use_keeps_answers_right(server, client, regions)
     np.testing.assert_array_equal(client.infer("add_sub", inputs).as_numpy("OUTPUT1"), a - b)
 
 
-def test_off_by_default_and_cuda_unsupported(test_repo, tmp_path):
+def test_off_by_default_for_system_and_cuda_regions(test_repo, tmp_path):
     """The module-wide server of other tests runs without --allow-client-shm."""
     with start_server(test_repo) as srv:
         g = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -348,9 +349,10 @@ def test_off_by_default_and_cuda_unsupported(test_repo, tmp_path):
             assert "Client shared memory is disabled" in err.value.message()
             assert "--allow-client-shm=true" in err.value.message()
             assert err.value.status() in ("StatusCode.UNIMPLEMENTED", "501")
+            handle = base64.b64encode(b"\1" * 64)
             with pytest.raises(InferenceServerException) as err:
-                c.get_cuda_shared_memory_status()
-            assert "CUDA shared memory is not supported" in err.value.message()
+                c.register_cuda_shared_memory("c", handle if c is g else handle.decode(), 0, 64)
+            assert "Client shared memory is disabled" in err.value.message()
         inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
         inp.set_shared_memory("r", ROW)
         inp1 = grpcclient.InferInput("INPUT1", [1, 16], "FP32")
@@ -361,6 +363,39 @@ def test_off_by_default_and_cuda_unsupported(test_repo, tmp_path):
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
         g.close()
         h.close()
+
+
+def test_cuda_regions_refused_precisely_status_and_unregister_as_triton(client, regions):
+    """CUDA shared memory over both protocols with a handle no process exported: where
+    the server has no CUDA device, the refusal says what is missing; one namespace with
+    system regions, status and unregister as Triton's."""
+    handle = base64.b64encode(b"\1" * 64)
+    handle = handle if client.protocol == "grpc" else handle.decode()
+    with pytest.raises(InferenceServerException) as err:
+        client.register_cuda_shared_memory("c", handle, 0, 64)
+    message = err.value.message()
+    assert err.value.status() in ("StatusCode.INVALID_ARGUMENT", "400"), message
+    if "GPUs not supported" in message:  # a server without CUDA
+        assert "failed to register CUDA shared memory region: 'c', GPUs not supported: " \
+            "no CUDA " in message
+    else:  # a GPU server: the handle opens nothing
+        assert "failed to register shared memory region 'c': invalid args" in message
+    with pytest.raises(InferenceServerException) as err:
+        client.get_cuda_shared_memory_status("c")
+    assert "Unable to find cuda shared memory region: 'c'" in err.value.message()
+    assert err.value.status() in ("StatusCode.NOT_FOUND", "404")
+    client.unregister_cuda_shared_memory("c")  # unknown: OK
+    client.unregister_cuda_shared_memory()
+    status = client.get_cuda_shared_memory_status()
+    assert len(status.regions if client.protocol == "grpc" else status) == 0
+    regions.make("sysr", ROW)
+    with pytest.raises(InferenceServerException) as err:
+        client.register_cuda_shared_memory("sysr", handle, 0, 64)
+    assert "shared memory region 'sysr' already in manager" in err.value.message()
+    assert err.value.status() in ("StatusCode.ALREADY_EXISTS", "409")
+    with pytest.raises(InferenceServerException) as err:
+        client.get_cuda_shared_memory_status("sysr")
+    assert "registered as system shared memory, not CUDA" in err.value.message()
 
 
 def test_half_given_parameters_are_refused_in_tritons_words(server):

@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from tensorgate.errors import InvalidArgument, Unimplemented
+from tensorgate.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from tensorgate.shared_memory import SystemSharedMemory, write_output
 
 
@@ -104,3 +104,17 @@ def test_disabled_registry_refuses_changes_but_reports_status():
         registry.register("r", "/x", 0, 8)
     with pytest.raises(Unimplemented):
         registry.unregister()
+
+
+def test_cuda_region_names_are_taken_for_system_regions(shm_object):
+    """One namespace, as Triton's (cuda_shared_memory.CudaSharedMemory sets cuda_names)."""
+    key, _ = shm_object
+    registry = SystemSharedMemory(allowed=True)
+    registry.cuda_names = {"gpu"}
+    with pytest.raises(AlreadyExists, match="^shared memory region 'gpu' already in manager$"):
+        registry.register("gpu", key, 0, 64)
+    with pytest.raises(NotFound, match="^The region named 'gpu' is registered as CUDA shared "
+                                       "memory, not system shared memory$"):
+        registry.status("gpu")
+    with pytest.raises(NotFound, match="Unable to find system shared memory region: 'x'"):
+        registry.status("x")

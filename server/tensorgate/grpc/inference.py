@@ -42,7 +42,6 @@ from tensorgate.observability.live_settings import LogSettings, TraceSettings
 from tensorgate.observability.tracing import Tracing
 from tensorgate.runtime.model import READY
 from tensorgate.security import ADMIN, INFER, Guard, audit
-from tensorgate.shared_memory import CUDA_UNSUPPORTED
 
 log = logging.getLogger("tensorgate.grpc")
 
@@ -50,7 +49,8 @@ SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "tensorgate"
 EXTENSIONS = [
     "classification", "model_repository", "model_configuration", "schedule_policy",
-    "statistics", "system_shared_memory", "binary_tensor_data", "trace", "logging",
+    "statistics", "system_shared_memory", "cuda_shared_memory", "binary_tensor_data",
+    "trace", "logging",
 ]
 
 
@@ -332,12 +332,8 @@ class InferenceService:
     # -- system shared memory (the registry is the data plane's) ----------------------
 
     async def system_shm_status(self, request, context):
-        reply = pb.SystemSharedMemoryStatusResponse()
-        for region in self.dataplane.shared_memory.status(request.name):
-            status = reply.regions[region["name"]]
-            for key, value in region.items():
-                setattr(status, key, value)
-        return reply
+        return _region_statuses(pb.SystemSharedMemoryStatusResponse(),
+                                self.dataplane.shared_memory.status(request.name))
 
     async def system_shm_register(self, request, context):
         self.dataplane.shared_memory.register(
@@ -348,6 +344,22 @@ class InferenceService:
     async def system_shm_unregister(self, request, context):
         self.dataplane.shared_memory.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    # -- CUDA shared memory ------------------------------------------------------------
+
+    async def cuda_shm_status(self, request, context):
+        return _region_statuses(pb.CudaSharedMemoryStatusResponse(),
+                                self.dataplane.cuda_shared_memory.status(request.name))
+
+    async def cuda_shm_register(self, request, context):
+        self.dataplane.cuda_shared_memory.register(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def cuda_shm_unregister(self, request, context):
+        self.dataplane.cuda_shared_memory.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- settings that change while serving (reading needs infer, changing admin) ----
 
@@ -432,7 +444,14 @@ def _statistics(model) -> pb.ModelStatistics:
     return out
 
 
-_CUDA_SHM = ("CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
+def _region_statuses(reply, regions: list[dict]):
+    """A shared-memory status reply (system or CUDA) with a ``regions`` entry per
+    region's status fields, keyed by name."""
+    for region in regions:
+        status = reply.regions[region["name"]]
+        for key, value in region.items():
+            setattr(status, key, value)
+    return reply
 
 
 class MalformedRequest:
@@ -523,13 +542,6 @@ def admin_handler(
     return handler
 
 
-def _unimplemented(rpc: str, message: str) -> Callable[..., Awaitable]:
-    async def handler(request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {message}")
-
-    return handler
-
-
 def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     s = service
     unary = grpc.unary_unary_rpc_method_handler
@@ -566,6 +578,16 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             "SystemSharedMemoryUnregister", s.system_shm_unregister,
             pb.SystemSharedMemoryUnregisterRequest,
         ),
+        "CudaSharedMemoryStatus": typed(
+            "CudaSharedMemoryStatus", s.cuda_shm_status, pb.CudaSharedMemoryStatusRequest
+        ),
+        "CudaSharedMemoryRegister": typed(
+            "CudaSharedMemoryRegister", s.cuda_shm_register, pb.CudaSharedMemoryRegisterRequest
+        ),
+        "CudaSharedMemoryUnregister": typed(
+            "CudaSharedMemoryUnregister", s.cuda_shm_unregister,
+            pb.CudaSharedMemoryUnregisterRequest,
+        ),
         "RepositoryModelLoad": typed(
             "RepositoryModelLoad", s.repository_model_load, pb.RepositoryModelLoadRequest, ADMIN
         ),
@@ -574,6 +596,4 @@ def generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
             ADMIN,
         ),
     }
-    for rpc in _CUDA_SHM:
-        handlers[rpc] = unary(_unimplemented(rpc, CUDA_UNSUPPORTED))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -11,6 +11,8 @@ errors.py's table with ``{"error": "<message>"}``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 from typing import Awaitable, Callable
@@ -24,7 +26,6 @@ from tensorgate.context import RequestContext
 from tensorgate.errors import (
     InvalidArgument,
     Unavailable,
-    Unimplemented,
     status_of,
     wire_message,
 )
@@ -32,7 +33,6 @@ from tensorgate.http.v2 import HEADER_LENGTH, decode_infer, encode_infer
 from tensorgate.observability import tracing as _tracing
 from tensorgate.observability.tracing import Tracing
 from tensorgate.security import ADMIN, INFER, audit
-from tensorgate.shared_memory import CUDA_UNSUPPORTED
 
 log = logging.getLogger("tensorgate.http")
 
@@ -57,7 +57,8 @@ _ROUTES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"/v2/logging"), "log_settings"),
     (re.compile(r"/v2/systemsharedmemory(?:/region/(?P<region>[^/]+))?/(?P<action>status|"
                 r"register|unregister)"), "shared_memory"),
-    (re.compile(r"/v2/cudasharedmemory(?:/.*)?"), "cuda_shared_memory"),
+    (re.compile(r"/v2/cudasharedmemory(?:/region/(?P<region>[^/]+))?/(?P<action>status|"
+                r"register|unregister)"), "cuda_shared_memory"),
 ]
 # The methods each endpoint answers (others: 405), as Triton's.
 _METHODS = {
@@ -354,6 +355,36 @@ class HttpService:
         shm.register(region, key, doc.get("offset", 0), doc.get("byte_size"))
         return 200, [], b""
 
-    async def _cuda_shared_memory(self, ctx, method, body) -> Response:
-        raise Unimplemented(CUDA_UNSUPPORTED)
+    async def _cuda_shared_memory(self, ctx, method, body, action, region="") -> Response:
+        shm = self.dataplane.cuda_shared_memory
+        if action == "status":
+            if method != "GET":
+                return _json(405, {"error": f"Method Not Allowed: {method} (status is GET)"})
+            self._check(ctx, INFER, "CudaSharedMemoryStatus")
+            return _json(200, shm.status(region))
+        if method != "POST":
+            return _json(405, {"error": f"Method Not Allowed: {method} ({action} is POST)"})
+        if action == "unregister":
+            self._check(ctx, INFER, "CudaSharedMemoryUnregister")
+            shm.unregister(region)
+            return 200, [], b""
+        self._check(ctx, INFER, "CudaSharedMemoryRegister")
+        if not region:
+            raise InvalidArgument(
+                "'region name' is necessary to register cuda shared memory region "
+                "(/v2/cudasharedmemory/region/NAME/register)"
+            )
+        doc = _body_json(body, "CudaSharedMemoryRegister")
+        handle = doc.get("raw_handle")
+        if not isinstance(handle, dict):
+            raise InvalidArgument("Shared memory register request has no 'raw_handle' field")
+        try:
+            raw = base64.b64decode(handle.get("b64"), validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            raise InvalidArgument(
+                "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t "
+                "({\"b64\": \"...\"})"
+            ) from None
+        shm.register(region, raw, doc.get("device_id"), doc.get("byte_size"))
+        return 200, [], b""
 
