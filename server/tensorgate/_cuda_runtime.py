@@ -1,4 +1,5 @@
-"""The few CUDA runtime calls CUDA shared memory needs, through ctypes.
+"""The few CUDA runtime calls the server makes, through ctypes: CUDA shared memory's
+(IPC mapping, copies) and the batch buffers' page-locked host memory (runtime/gpu.py).
 
 Loaded by ``load()`` at the first CUDA registration, never at import: a CPU server
 pays nothing and needs no CUDA package. libcudart is looked for where the
@@ -83,6 +84,23 @@ def load() -> "Runtime":
     )
 
 
+_shared: "Runtime | RuntimeMissing | None" = None
+
+
+def shared() -> "Runtime":
+    """``load()``'s runtime, loaded once per process (a failure is kept, and raised
+    again: the library does not appear while the server runs)."""
+    global _shared
+    if _shared is None:
+        try:
+            _shared = load()
+        except RuntimeMissing as exc:
+            _shared = exc
+    if isinstance(_shared, RuntimeMissing):
+        raise _shared
+    return _shared
+
+
 class Runtime:
     """CUDA runtime calls on device pointers, each raising CudaError on failure."""
 
@@ -99,8 +117,11 @@ class Runtime:
         ]
         lib.cudaIpcCloseMemHandle.argtypes = [ctypes.c_void_p]
         lib.cudaMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                                      ctypes.c_uint]
+        lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
         for fn in ("cudaGetDeviceCount", "cudaSetDevice", "cudaIpcOpenMemHandle",
-                   "cudaIpcCloseMemHandle", "cudaMemcpy"):
+                   "cudaIpcCloseMemHandle", "cudaMemcpy", "cudaHostAlloc", "cudaFreeHost"):
             getattr(lib, fn).restype = ctypes.c_int
         self._driver = None  # libcuda, for the size of an allocation (loaded when needed)
 
@@ -166,6 +187,16 @@ class Runtime:
         self._set_device(device_id)
         self._check("cudaMemcpy", self._lib.cudaMemcpy(
             pointer, host.ctypes.data, host.nbytes, _HOST_TO_DEVICE))
+
+    def host_alloc(self, nbytes: int) -> int:
+        """Page-locked host memory (cudaHostAlloc, default flags): its address."""
+        pointer = ctypes.c_void_p()
+        self._check("cudaHostAlloc", self._lib.cudaHostAlloc(
+            ctypes.byref(pointer), max(nbytes, 1), 0))
+        return pointer.value or 0
+
+    def free_host(self, address: int) -> None:
+        self._check("cudaFreeHost", self._lib.cudaFreeHost(ctypes.c_void_p(address)))
 
     def close(self, device_id: int, pointer: int) -> None:
         self._set_device(device_id)

@@ -137,7 +137,7 @@ class CudaSharedMemory:
         runtime = self._runtime
         if runtime is None:
             try:
-                runtime = _cuda_runtime.load()
+                runtime = _cuda_runtime.shared()
             except _cuda_runtime.RuntimeMissing as exc:
                 raise _gpus_not_supported(name, str(exc)) from None
         try:

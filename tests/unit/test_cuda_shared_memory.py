@@ -171,7 +171,7 @@ def test_without_a_cuda_runtime_register_says_so(monkeypatch):
             "no CUDA runtime (libcudart) on this server; tried libcudart.so"
         )
 
-    monkeypatch.setattr(_cuda_runtime, "load", missing)
+    monkeypatch.setattr(_cuda_runtime, "shared", missing)
     registry = CudaSharedMemory(SystemSharedMemory(allowed=True))
     with pytest.raises(InvalidArgument) as caught:
         registry.register("r", HANDLE, 0, 64)
@@ -230,7 +230,7 @@ def test_the_runtime_is_loaded_at_the_first_registration_only(monkeypatch):
     def load():
         raise AssertionError("loaded")
 
-    monkeypatch.setattr(_cuda_runtime, "load", load)
+    monkeypatch.setattr(_cuda_runtime, "shared", load)
     registry = CudaSharedMemory(SystemSharedMemory(allowed=True))
     assert registry.status() == []
     registry.unregister("")

@@ -25,7 +25,6 @@ bound on the device and copied back once per batch.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import weakref
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorgate import _cuda_runtime
 from tensorgate._proto.inference import model_config_pb2 as mc
 from tensorgate.errors import ModelLoadError
 
@@ -158,83 +158,27 @@ def providers(acc: Accelerators, device: int, available: list[str]) -> tuple[lis
 # -- page-locked host memory -------------------------------------------------------------
 
 
-class _CudaRuntime:
-    """The few CUDA runtime calls pinned buffers need, through ctypes (libcudart as the
-    onnxruntime-gpu install provides it: the nvidia-cuda-runtime wheel or the system's)."""
-
-    def __init__(self, lib) -> None:
-        self.lib = lib
-        lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
-                                      ctypes.c_uint]
-        lib.cudaHostAlloc.restype = ctypes.c_int
-        lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
-        lib.cudaFreeHost.restype = ctypes.c_int
-
-    def host_alloc(self, nbytes: int) -> int:
-        pointer = ctypes.c_void_p()
-        status = self.lib.cudaHostAlloc(ctypes.byref(pointer), max(nbytes, 1), 0)
-        if status != 0 or not pointer.value:
-            raise OSError(f"cudaHostAlloc({nbytes}) returned CUDA error {status}")
-        return pointer.value
-
-    def free_host(self, address: int) -> None:
-        self.lib.cudaFreeHost(ctypes.c_void_p(address))
+def _free_host(runtime, address: int) -> None:
+    try:
+        runtime.free_host(address)
+    except Exception as exc:  # a finalizer: log, never raise
+        log.error("freeing a page-locked batch buffer failed: %s", exc)
 
 
-def _library_candidates() -> list[str]:
-    names = []
-    try:  # the wheel onnxruntime-gpu's CUDA 12 packages bring
-        import nvidia.cuda_runtime  # type: ignore[import-not-found]
-
-        for folder in nvidia.cuda_runtime.__path__:
-            names += sorted(str(p) for p in (Path(folder) / "lib").glob("libcudart.so*"))
-    except ImportError:
-        pass
-    found = ctypes.util.find_library("cudart")
-    if found:
-        names.append(found)
-    names += ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
-    return names
-
-
-_runtime: _CudaRuntime | None = None
-_runtime_error: str | None = None
-
-
-def cuda_runtime() -> _CudaRuntime | None:
-    """The CUDA runtime, loaded once; None (and ``runtime_error()`` says why) without."""
-    global _runtime, _runtime_error
-    if _runtime is None and _runtime_error is None:
-        for name in _library_candidates():
-            try:
-                _runtime = _CudaRuntime(ctypes.CDLL(name))
-                break
-            except (OSError, AttributeError):
-                continue
-        else:
-            _runtime_error = "no CUDA runtime library (libcudart) could be loaded"
-    return _runtime
-
-
-def runtime_error() -> str | None:
-    return _runtime_error
-
-
-def pinned_empty(shape: tuple, dtype, runtime: _CudaRuntime | None = None) -> tuple[np.ndarray, str | None]:
-    """An uninitialised array in page-locked host memory, freed when the array goes;
-    where that is not possible, an ordinary one and the reason."""
+def pinned_empty(shape: tuple, dtype, runtime=None) -> tuple[np.ndarray, str | None]:
+    """An uninitialised array in page-locked host memory (``runtime``: the CUDA
+    runtime, by default the process's ``_cuda_runtime.shared()``), freed when the array
+    goes; where that is not possible, an ordinary one and the reason."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    rt = runtime if runtime is not None else cuda_runtime()
-    if rt is None:
-        return np.empty(shape, dtype), runtime_error() or "no CUDA runtime"
     try:
+        rt = runtime if runtime is not None else _cuda_runtime.shared()
         address = rt.host_alloc(nbytes)
-    except OSError as exc:
+    except (_cuda_runtime.RuntimeMissing, _cuda_runtime.CudaError) as exc:
         return np.empty(shape, dtype), str(exc)
     raw = (ctypes.c_char * max(nbytes, 1)).from_address(address)
     array = np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
-    weakref.finalize(raw, rt.free_host, address)  # the array keeps ``raw`` alive
+    weakref.finalize(raw, _free_host, rt, address)  # the array keeps ``raw`` alive
     return array, None
 
 
