@@ -28,10 +28,10 @@ import numpy as np
 
 from tensorgate import _cuda_runtime
 from tensorgate.errors import (
-    AlreadyExists, InvalidArgument, NotFound, RuntimeFailure, Unimplemented,
+    InvalidArgument, NotFound, RuntimeFailure, Unimplemented,
 )
 from tensorgate.shared_memory import (
-    DISABLED, MAX_REGIONS, REGION, SystemSharedMemory, _tensor_params,
+    DISABLED, REGION, SystemSharedMemory, _tensor_params, check_registration, check_span,
 )
 
 log = logging.getLogger("tensorgate.cuda_shared_memory")
@@ -64,13 +64,7 @@ class CudaRegion:
 
     def _check(self, offset: int, byte_size: int) -> int:
         """The device address of a tensor's bytes, checked in Triton's words."""
-        if offset >= self.byte_size:
-            raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
-        if offset + byte_size > self.byte_size:
-            raise InvalidArgument(
-                f"Invalid offset + byte size for shared memory region: '{self.name}' "
-                f"(offset {offset} + byte size {byte_size} > the region's {self.byte_size})"
-            )
+        check_span(self.name, self.byte_size, offset, byte_size)
         return self.pointer + offset
 
     def read(self, offset: int, byte_size: int) -> np.ndarray:
@@ -155,33 +149,14 @@ class CudaSharedMemory:
 
     def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int
                  ) -> CudaRegion:
-        if not self.allowed:
-            raise Unimplemented(DISABLED)
-        if not name:
-            raise InvalidArgument("a shared memory region needs a name")
-        if name in self.regions or name in self.system.regions:
-            raise AlreadyExists(f"shared memory region '{name}' already in manager")
-        if len(self.regions) >= MAX_REGIONS:
-            raise InvalidArgument(
-                f"failed to register shared memory region '{name}': {MAX_REGIONS} CUDA "
-                "regions are registered, the most this server holds; unregister some first"
-            )
+        check_registration(self.allowed, name, (self.regions, self.system.regions),
+                           len(self.regions), "device_id", device_id, byte_size, "CUDA ")
         if not isinstance(raw_handle, (bytes, bytearray)) or len(raw_handle) != HANDLE_SIZE:
             size = len(raw_handle) if isinstance(raw_handle, (bytes, bytearray)) else None
             raise InvalidArgument(
                 f"failed to register shared memory region '{name}': 'raw_handle' must be a "
                 f"cudaIpcMemHandle_t ({HANDLE_SIZE} bytes), got "
                 + (f"{size} bytes" if size is not None else type(raw_handle).__name__)
-            )
-        for what, value in (("device_id", device_id), ("byte_size", byte_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{name}': {what} must be a "
-                    f"non-negative integer, got {value!r}"
-                )
-        if byte_size == 0:
-            raise InvalidArgument(
-                f"failed to register shared memory region '{name}': byte_size is 0"
             )
         runtime, count = self._load(name)
         if device_id >= count:

@@ -120,13 +120,7 @@ class Region:
     def _check(self, offset: int, byte_size: int) -> int:
         """The object's position of a tensor's bytes (offset within this region), checked
         in Triton's words against the region and against the object's size now."""
-        if offset >= self.byte_size:
-            raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
-        if offset + byte_size > self.byte_size:
-            raise InvalidArgument(
-                f"Invalid offset + byte size for shared memory region: '{self.name}' "
-                f"(offset {offset} + byte size {byte_size} > the region's {self.byte_size})"
-            )
+        check_span(self.name, self.byte_size, offset, byte_size)
         self._check_size(os.fstat(self.fd).st_size)
         return self.offset + offset
 
@@ -183,27 +177,8 @@ class SystemSharedMemory:
     # -- the extension's three calls -----------------------------------------------
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
-        if not self.allowed:
-            raise Unimplemented(DISABLED)
-        if not name:
-            raise InvalidArgument("a shared memory region needs a name")
-        if name in self.regions or name in self.cuda_names:
-            raise AlreadyExists(f"shared memory region '{name}' already in manager")
-        if len(self.regions) >= MAX_REGIONS:
-            raise InvalidArgument(
-                f"failed to register shared memory region '{name}': {MAX_REGIONS} regions "
-                "are registered, the most this server holds; unregister some first"
-            )
-        for what, value in (("offset", offset), ("byte_size", byte_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgument(
-                    f"failed to register shared memory region '{name}': {what} must be a "
-                    f"non-negative integer, got {value!r}"
-                )
-        if byte_size == 0:
-            raise InvalidArgument(
-                f"failed to register shared memory region '{name}': byte_size is 0"
-            )
+        check_registration(self.allowed, name, (self.regions, self.cuda_names),
+                           len(self.regions), "offset", offset, byte_size)
         path = os.path.join(SHM_DIR, _object_name(name, key))
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -278,6 +253,45 @@ class SystemSharedMemory:
         """Where an output that names a region goes (checked before the model runs)."""
         name, offset, byte_size = _tensor_params(params, tensor)
         return self._region(name).span(offset, byte_size)
+
+
+def check_registration(allowed: bool, name: str, taken: tuple, held: int, what: str,
+                       value, byte_size, kind: str = "") -> None:
+    """What every registration (system or CUDA) checks first, in Triton's words: the
+    switch, a name, one namespace (``taken``: the containers of names in use), the bound
+    on ``held`` regions, ``what`` (offset or device id) and ``byte_size`` non-negative
+    integers, and ``byte_size`` not 0."""
+    if not allowed:
+        raise Unimplemented(DISABLED)
+    if not name:
+        raise InvalidArgument("a shared memory region needs a name")
+    if any(name in names for names in taken):
+        raise AlreadyExists(f"shared memory region '{name}' already in manager")
+    if held >= MAX_REGIONS:
+        raise InvalidArgument(
+            f"failed to register shared memory region '{name}': {MAX_REGIONS} {kind}regions "
+            "are registered, the most this server holds; unregister some first"
+        )
+    for label, number in ((what, value), ("byte_size", byte_size)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': {label} must be a "
+                f"non-negative integer, got {number!r}"
+            )
+    if byte_size == 0:
+        raise InvalidArgument(f"failed to register shared memory region '{name}': byte_size is 0")
+
+
+def check_span(name: str, region_size: int, offset: int, byte_size: int) -> None:
+    """A tensor's ``byte_size`` bytes at ``offset`` lie inside a region of
+    ``region_size`` bytes (Triton's words otherwise)."""
+    if offset >= region_size:
+        raise InvalidArgument(f"Invalid offset for shared memory region: '{name}'")
+    if offset + byte_size > region_size:
+        raise InvalidArgument(
+            f"Invalid offset + byte size for shared memory region: '{name}' "
+            f"(offset {offset} + byte size {byte_size} > the region's {region_size})"
+        )
 
 
 def write_output(entry: tuple, span: OutputSpan) -> tuple:
