@@ -153,8 +153,7 @@ class Extractor:
             row_summaries(flats, out, *self._columns)
             return out
         except ValueError:  # a byte-swapped or strided view: numpy's way
-            pass
-        sums, sumsq = _moments(flats)
+            sums, sumsq = _numpy_moments(flats)
         if len(flats) == 1:
             widths = flats[0].shape[1]
         else:
@@ -223,9 +222,14 @@ def _moments(flats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     try:
         row_moments(flats, sums, sumsq)
     except ValueError:  # a byte-swapped or strided view: numpy's way
-        sums[:] = np.concatenate([np.einsum("ij->i", f) for f in flats])
-        sumsq[:] = np.concatenate([np.einsum("ij,ij->i", f, f) for f in flats])
+        return _numpy_moments(flats)
     return sums, sumsq
+
+
+def _numpy_moments(flats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``_moments`` by numpy, for rows the native pass does not read."""
+    return (np.concatenate([np.einsum("ij->i", f) for f in flats]),
+            np.concatenate([np.einsum("ij,ij->i", f, f) for f in flats]))
 
 
 def extractors(features: list[Feature], categories: dict[str, list[str]] | None = None
