@@ -185,17 +185,12 @@ class Batcher:
                     self._loop.call_soon_threadsafe(self._finish, batch, timings)
                     continue
                 outputs = None if values is None else dict(zip(self._output_names, values))
-                # The observer reads the batch after its answers went out when what it reads
-                # is this worker's own (the runtime's outputs; the gathered inputs it read
-                # before the run, in _execute, while they were in cache); a request's own
-                # arrays (a batch of one, variable-length batches, a failed batch) may lie
-                # in a client's shared memory: read them before.
-                gathered = feed is not None and len(batch) > 1
-                if not gathered:
-                    self._observe(observer, batch, feed, outputs, early)
+                # The observer reads the batch after its answers went out: everything it
+                # reads is the server's own (the runtime's outputs, requests' arrays, even
+                # those from client shared memory, which are copies); a gathered batch's
+                # inputs it read before the run, in _execute, while they were in cache.
                 self._loop.call_soon_threadsafe(self._finish, batch, timings)
-                if gathered:
-                    self._observe(observer, batch, feed, outputs, early)
+                self._observe(observer, batch, feed, outputs, early)
 
     def _observe(self, observer, batch, feed, outputs, early) -> None:
         try:
