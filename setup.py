@@ -66,7 +66,7 @@ def extensions() -> list:
             define_macros=macros,
             extra_compile_args=compile_args,
         )
-        for name in ("codec", "batcher", "jsondata", "rowstats")
+        for name in ("codec", "batcher", "jsondata", "rowstats", "rowpack")
     ]
     native = native_frontend(macros, compile_args)
     if native is not None:

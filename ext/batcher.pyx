@@ -922,11 +922,44 @@ def gather(sources, cnp.ndarray out not None):
         rows += dims[0]
     if rows > out_dims[0]:
         raise ValueError(f"sources hold {rows} rows, out has room for {out_dims[0]}")
+    return _copy_rows(arrays, <char*>cnp.PyArray_DATA(out))
+
+
+def gather_bytes(sources, cnp.ndarray out not None):
+    """Copy the bytes of C-contiguous arrays of any dtype and shape (None: skipped) one
+    after another into the C-contiguous, writable ``out``; the number of bytes written.
+    ValueError, before copying, when a source is not C-contiguous or they do not fit.
+    What ``gather`` does without requiring one dtype and trailing shape (the prediction
+    log's binary columns)."""
+    cdef list arrays = [a for a in sources if a is not None]
+    cdef Py_ssize_t index
+    cdef size_t total = 0
+    if not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("out must be C-contiguous and writable")
+    for index in range(len(arrays)):
+        item = arrays[index]
+        if not isinstance(item, cnp.ndarray):
+            raise TypeError(f"source {index} is {type(item).__name__}, not numpy.ndarray")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>item):
+            raise ValueError(f"source {index} is not C-contiguous")
+        total += <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>item)
+    if total > <size_t>cnp.PyArray_NBYTES(out):
+        raise ValueError(
+            f"sources hold {total} bytes, out has room for {cnp.PyArray_NBYTES(out)}"
+        )
+    return _copy_rows(arrays, <char*>cnp.PyArray_DATA(out))
+
+
+cdef size_t _copy_rows(list arrays, char* cursor) except? 0:
+    """Copy the (checked) arrays' bytes one after another from ``cursor``; large copies
+    with the GIL released (``arrays`` keeps every source alive meanwhile)."""
+    cdef Py_ssize_t count = len(arrays), index
+    cdef size_t total = 0
+    cdef cnp.ndarray array
     if count == 0:
         return 0
-
-    pointers = <char**>malloc(count * sizeof(char*))
-    sizes = <size_t*>malloc(count * sizeof(size_t))
+    cdef char** pointers = <char**>malloc(count * sizeof(char*))
+    cdef size_t* sizes = <size_t*>malloc(count * sizeof(size_t))
     if pointers == NULL or sizes == NULL:
         free(pointers)
         free(sizes)
@@ -937,8 +970,6 @@ def gather(sources, cnp.ndarray out not None):
             pointers[index] = <char*>cnp.PyArray_DATA(array)
             sizes[index] = <size_t>cnp.PyArray_NBYTES(array)
             total += sizes[index]
-        cursor = <char*>cnp.PyArray_DATA(out)
-        # `arrays` keeps every source alive while the GIL is released.
         if total >= _NOGIL_MIN_BYTES:
             with nogil:
                 for index in range(count):

@@ -101,6 +101,21 @@ def test_captures_to_columns_with_nulls():
     assert y.dtype == np.float32 and missing is None
 
 
+def test_views_and_other_byte_orders_are_stored_as_v2_bytes():
+    # Variable-length batching slices outputs along a padded axis (views), and a
+    # request may arrive big-endian: the log stores little-endian row-major bytes.
+    model = _model(inputs=(("X", "FP32"),))
+    policy = plog.policy_for(model, 1.0)
+    x = np.arange(12, dtype=">f4").reshape(3, 4)
+    y = np.arange(24, dtype=np.float32).reshape(2, 12)[:, ::3]
+    outcome = Outcome(model, "r", 1000, "OK", {"X": x}, {"Y": y}, False)
+    table = plog.to_table(policy, [plog.capture(policy, outcome, 0)])
+    row = table.to_pylist()[0]
+    assert row["input.X"] == x.astype("<f4").tobytes() and row["input_shape.X"] == [3, 4]
+    assert row["output.Y"] == np.ascontiguousarray(y).tobytes()
+    np.testing.assert_array_equal(plog.tensors(table, "output.Y")[0], y)
+
+
 def test_bytes_tensors_round_trip():
     model = _model(inputs=(("ID", "BYTES"),))
     policy = plog.policy_for(model, 1.0)

@@ -114,3 +114,7 @@ class Scheduler:
 def gather(sources: Sequence[numpy.ndarray], out: numpy.ndarray) -> int:
     """Concatenate C-contiguous arrays along axis 0 into the C-contiguous `out`;
     return the number of bytes written."""
+
+def gather_bytes(sources: Sequence[numpy.ndarray | None], out: numpy.ndarray) -> int:
+    """Copy the bytes of C-contiguous arrays of any dtype and shape (None: skipped) one
+    after another into `out`; return the number of bytes written."""

@@ -70,6 +70,7 @@ HASH_PARAMETER = "prediction_log_hash"
 
 DRAIN_INTERVAL_S = 0.2  # how often the writer thread empties the queue
 ROW_GROUP_BYTES = 16 << 20  # tensor data gathered before a Parquet row group is written
+PAGE_BYTES = 1 << 20  # Parquet's data page size (its default)
 ERROR_LOG_INTERVAL_S = 30.0  # at most one write-error line this often
 _FILE_SLACK = 4 << 20  # a file's bytes beyond its tables' data: headers, levels, footer
 _POLICY = "prediction_log_policy"  # the attribute a version carries once decided
@@ -255,7 +256,7 @@ class _Part:
     would have held it anyway."""
 
     def __init__(self, folder: Path, name: str, schema, signature, date: str,
-                 out: DirectWriter, capacity: int) -> None:
+                 out: DirectWriter, capacity: int, row_bytes: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -283,6 +284,13 @@ class _Part:
             # tensor bytes (whose dictionary attempts would be wasted CPU).
             use_dictionary=_DICTIONARY,
             write_statistics=["timestamp", "latency_us", *_SCALARS],
+            # Parquet looks at a column's page size only after each write batch (1,024
+            # values by default): 1,024 convnet inputs made one 48 MiB page, grown by
+            # reallocation into fresh memory and copied out of cache. Batches of about
+            # a page keep pages near PAGE_BYTES (server CPU per logged convnet request
+            # 128 -> 110 us, bench.logging_cost).
+            write_batch_size=max(1, min(1024, PAGE_BYTES // max(1, row_bytes))),
+            data_page_size=PAGE_BYTES,
         )
 
     def add(self, table) -> None:
@@ -412,7 +420,8 @@ class _Writer:
                 part = None
             if part is None:
                 part = self.parts[model] = self._open(
-                    model, table.schema, policy.signature, max(self.capacity, need)
+                    model, table.schema, policy.signature, max(self.capacity, need),
+                    table.nbytes // max(1, table.num_rows),
                 )
         except Exception as exc:  # nothing of this chunk reached a file
             self._failed(model, len(captures), exc)
@@ -427,14 +436,14 @@ class _Writer:
         if part.size >= self.rotate_bytes:
             self._finish(model)
 
-    def _open(self, model: str, schema, signature, capacity: int) -> _Part:
+    def _open(self, model: str, schema, signature, capacity: int, row_bytes: int) -> _Part:
         self.sequence += 1
         now = time.gmtime()
         name = (f"part-{time.strftime('%H%M%S', now)}-{self.run_token}-"
                 f"{self.sequence:04d}.parquet")
         date = time.strftime("%Y-%m-%d", now)
         folder = self.owner.directory / _folder_name(model) / date
-        return _Part(folder, name, schema, signature, date, self.out, capacity)
+        return _Part(folder, name, schema, signature, date, self.out, capacity, row_bytes)
 
     def _finish(self, model: str) -> None:
         part = self.parts.pop(model)
@@ -471,18 +480,15 @@ def _chunks(captures: list, limit: int):
     """``captures`` in slices of at most ``limit`` bytes of tensor data (or one capture):
     a file overshoots its rotation size by one slice at most, and every list column's
     int32 offsets stay far from overflowing."""
-    start = size = 0
-    for i, c in enumerate(captures):
-        n = 0
-        for tensors in (c[_INPUTS], c[_OUTPUTS]):
-            if tensors:
-                for a in tensors.values():
-                    n += a.nbytes
-        if size and size + n > limit:
-            yield captures[start:i]
-            start, size = i, 0
-        size += n
-    yield captures[start:]
+    from tensorgate._ext.rowpack import capture_bytes
+
+    ends = np.cumsum(capture_bytes(captures, (_INPUTS, _OUTPUTS)))
+    start, count = 0, len(captures)
+    while start < count:
+        before = int(ends[start - 1]) if start else 0
+        end = max(start + 1, int(np.searchsorted(ends, before + limit, side="right")))
+        yield captures[start:end]
+        start = end
 
 
 # -- captures -> Arrow ------------------------------------------------------------------------
@@ -527,57 +533,35 @@ def _tensor_columns(arrays: list, dtype: np.dtype):
     repetition and a definition level per element (measured: several times the CPU per
     row of a convnet input), a binary one a single value.
 
-    This runs on the writer thread, but holding the GIL the event loop needs: the work
-    per row in Python is kept to attribute reads and a view."""
+    This runs on the writer thread, but holding the GIL the event loop needs: the rows
+    are laid out and copied natively (rowpack), with no Python per row for numbers."""
     import pyarrow as pa
 
-    from tensorgate._ext.batcher import gather
+    from tensorgate._ext.batcher import gather_bytes
+    from tensorgate._ext.rowpack import row_layout
 
     n = len(arrays)
-    present = [a for a in arrays if a is not None]
-    nulls = len(present) < n
+    layout = row_layout(arrays, dtype)
+    if layout is None:  # a row of another byte order, or a view: its bytes as stored
+        arrays = [None if a is None else np.ascontiguousarray(a, dtype) for a in arrays]
+        layout = row_layout(arrays, dtype)
+    offsets, shape_offsets, dims, valid = layout
+    data = arrays
     if dtype == object:
-        present = [raw_bytes(a) for a in present]  # BYTES: the v2 serialization
-        sizes = [len(b) for b in present]
-    else:
-        sizes = [a.nbytes for a in present]
-    lengths = np.zeros(n, np.int64)
-    if nulls:
-        valid = np.fromiter((a is not None for a in arrays), np.bool_, n)
-        lengths[valid] = sizes
-    else:
-        lengths[:] = sizes
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
+        # BYTES: the v2 serialization, each row's bytes sized by its contents.
+        data = [None if a is None else np.frombuffer(raw_bytes(a), np.uint8) for a in arrays]
+        offsets = row_layout(data, np.uint8)[0]
     # Arrow's allocator keeps freed memory for the next chunk; a fresh numpy array of
     # this size would be mapped anew each time (a page fault per 4 KiB, measured).
     buffer = pa.allocate_buffer(int(offsets[-1]))
-    if present:
-        # One copy of every row, with the GIL released once (the batcher's gather);
-        # np.concatenate releases and takes it back per row, which made the event loop
-        # wait for the GIL once per logged row.
-        if dtype == object:
-            flat = [np.frombuffer(b, np.uint8) for b in present]
-            gather(flat, np.frombuffer(buffer, np.uint8))
-        else:
-            flat = [a.reshape(-1) if a.dtype == dtype else a.astype(dtype).reshape(-1)
-                    for a in present]  # row-major, little-endian (the v2 byte order)
-            gather(flat, np.frombuffer(buffer, dtype))
-    shapes = [a.shape for a in arrays if a is not None]
-    ranks = np.zeros(n, np.int64)
-    if nulls:
-        ranks[valid] = [len(shape) for shape in shapes]
-    else:
-        ranks[:] = [len(shape) for shape in shapes]
-    shape_offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(ranks, out=shape_offsets[1:])
-    dims = np.fromiter(itertools.chain.from_iterable(shapes), np.int64, int(shape_offsets[-1]))
-    bitmap = pa.array(valid).buffers()[1] if nulls else None
+    gather_bytes(data, np.frombuffer(buffer, np.uint8))
+    bitmap = None if valid is None else pa.array(valid).buffers()[1]
     values = pa.BinaryArray.from_buffers(
         pa.binary(), n, [bitmap, pa.py_buffer(offsets), buffer]
     )
     shapes = pa.ListArray.from_arrays(
-        pa.array(shape_offsets), pa.array(dims), mask=pa.array(~valid) if nulls else None
+        pa.array(shape_offsets), pa.array(dims),
+        mask=None if valid is None else pa.array(~valid),
     )
     return values, shapes
 
