@@ -160,6 +160,22 @@ def test_write_errors_are_counted_not_raised(tmp_path, caplog):
     assert "writing m's rows failed" in caplog.text
 
 
+def test_a_capture_the_writer_cannot_read_is_counted_and_the_writer_goes_on(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="tensorgate.prediction_log")
+    log = _log(tmp_path)
+    model = _model(inputs=(("X", "FP32"),))
+    x = np.ones((1, 4), np.float32)
+    # Outputs that are not a dict of arrays: sizing the drain's captures fails.
+    log.observe(Outcome(model, "bad", 1000, "OK", {"X": x}, [("Y", x)], False))
+    log._writer.stop.wait(3 * plog.DRAIN_INTERVAL_S)  # a drain fails on it...
+    log.observe(Outcome(model, "good", 1000, "OK", {"X": x}, {"Y": x}, False))
+    log.close()  # ...and the next one still writes
+    assert log.dropped_error == 1 and log.rows_written == 1 and log.buffered == 0
+    (part,) = (tmp_path / "logs" / "m").rglob("part-*.parquet")
+    assert pq.read_table(part).column("request_id").to_pylist() == ["good"]
+    assert "writing m's rows failed" in caplog.text
+
+
 def test_full_buffer_drops_and_metrics(tmp_path):
     log = _log(tmp_path, buffer_size=2)
     model = _model(inputs=(("X", "FP32"),))

@@ -403,7 +403,12 @@ class _Writer:
         self.owner.rows_pending += count
         for key, captures in groups.items():
             policy = self.owner.policies[key]
-            for chunk in _chunks(captures, min(ROW_GROUP_BYTES, self.rotate_bytes)):
+            try:
+                chunks = list(_chunks(captures, min(ROW_GROUP_BYTES, self.rotate_bytes)))
+            except Exception as exc:  # captures it cannot size: lost, the writer goes on
+                self._failed(policy.model, len(captures), exc)
+                continue
+            for chunk in chunks:
                 self._write(policy, chunk)
 
     def _write(self, policy: Policy, captures: list) -> None:
