@@ -79,9 +79,10 @@ _DICTIONARY = ["model", "version", "route", "variant", "status"]
 _TENSOR_PREFIXES = ("input.", "output.")
 _KEYS = itertools.count(1)
 
-# A capture is a plain tuple of atoms, strings, ints and dicts of arrays, none of which
-# the garbage collector tracks: it stops looking at a capture after its first pass
-# (holding the Outcome, with its context and span, made the event loop's collections
+# A capture is a plain tuple of atoms, strings, ints and dicts of arrays. The dicts
+# are not tracked by the garbage collector (arrays are not containers); the tuple is,
+# since it holds dicts, but a collection visits only it, not what the Outcome held
+# (its context and span: holding the Outcome made the event loop's collections
 # measurably longer). Fields:
 _KEY, _END_NS, _NS, _STATUS, _REQUEST_ID, _ROUTE, _VARIANT, _TRACE, _INPUTS, _OUTPUTS = range(10)
 
