@@ -42,7 +42,7 @@ def row_layout(list arrays, object dtype):
         if item is None:
             nulls += 1
             continue
-        if type(item) is not cnp.ndarray and not isinstance(item, cnp.ndarray):
+        if not isinstance(item, cnp.ndarray):
             raise TypeError(f"row {i} is {type(item).__name__}, not numpy.ndarray")
         array = <cnp.ndarray>item
         if not cnp.PyArray_IS_C_CONTIGUOUS(array) or not (
@@ -89,10 +89,10 @@ def capture_bytes(list captures, tuple fields):
     """Per capture (a tuple), the bytes of the arrays in its ``fields`` (indices of
     dicts of numpy arrays, or None), summed: an int64 array. What the prediction log
     splits a queue's captures into chunks by, without Python per capture."""
-    cdef Py_ssize_t n = len(captures), i, pos
+    cdef Py_ssize_t n = len(captures), i
     cdef cnp.ndarray sizes = np.zeros(n, np.int64)
     cdef int64_t* size = <int64_t*>cnp.PyArray_DATA(sizes)
-    cdef object capture, tensors, key, value
+    cdef object capture, tensors, value
     cdef int64_t total
     for i in range(n):
         capture = captures[i]

@@ -60,6 +60,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from tensorgate._ext.batcher import gather_bytes
+from tensorgate._ext.rowpack import capture_bytes, row_layout
 from tensorgate.observability.direct_write import DirectWriter
 
 log = logging.getLogger("tensorgate.prediction_log")
@@ -486,8 +488,6 @@ def _chunks(captures: list, limit: int):
     """``captures`` in slices of at most ``limit`` bytes of tensor data (or one capture):
     a file overshoots its rotation size by one slice at most, and every list column's
     int32 offsets stay far from overflowing."""
-    from tensorgate._ext.rowpack import capture_bytes
-
     ends = np.cumsum(capture_bytes(captures, (_INPUTS, _OUTPUTS)))
     start, count = 0, len(captures)
     while start < count:
@@ -542,9 +542,6 @@ def _tensor_columns(arrays: list, dtype: np.dtype):
     This runs on the writer thread, but holding the GIL the event loop needs: the rows
     are laid out and copied natively (rowpack), with no Python per row for numbers."""
     import pyarrow as pa
-
-    from tensorgate._ext.batcher import gather_bytes
-    from tensorgate._ext.rowpack import row_layout
 
     n = len(arrays)
     layout = row_layout(arrays, dtype)
