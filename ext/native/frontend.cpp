@@ -59,6 +59,15 @@ void Metadata(grpc::GenericCallbackServerContext* ctx,
   }
 }
 
+bool MetadataValue(grpc::GenericCallbackServerContext* ctx, const std::string& key,
+                   std::string* out) {
+  const auto& metadata = ctx->client_metadata();
+  auto it = metadata.find(grpc::string_ref(key));
+  if (it == metadata.end()) return false;
+  out->assign(it->second.data(), it->second.size());
+  return true;
+}
+
 double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline) {
   return SecondsUntil(ctx->deadline(), has_deadline);
 }

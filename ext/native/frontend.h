@@ -59,6 +59,10 @@ void CopyBytes(const grpc::ByteBuffer& buffer, char* dst);
 std::string Peer(grpc::GenericCallbackServerContext* ctx);
 void Metadata(grpc::GenericCallbackServerContext* ctx,
               std::vector<std::pair<std::string, std::string>>* out);
+// The first value of one metadata key (lowercase) into `out`; false when the caller
+// sent none. One lookup, where Metadata copies every pair.
+bool MetadataValue(grpc::GenericCallbackServerContext* ctx, const std::string& key,
+                   std::string* out);
 // Seconds left until the caller's deadline (negative once it passed); `has_deadline` is
 // false when the caller set none.
 double TimeRemaining(grpc::GenericCallbackServerContext* ctx, bool* has_deadline);

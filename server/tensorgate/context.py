@@ -19,19 +19,23 @@ class RequestContext:
     ``metadata`` and ``peer`` may be given as zero-argument callables: they are read
     only by what needs them (credentials, a sticky route's key, a trace parent, audit
     lines), and the hot path of an unauthenticated, untraced call never pays for them.
+    ``lookup`` (key -> value or None), where the call offers one, answers ``header``
+    while the metadata is unread, without reading every pair.
     """
 
-    __slots__ = ("deadline", "_metadata", "_peer", "principal")
+    __slots__ = ("deadline", "_metadata", "_peer", "_lookup", "principal")
 
     def __init__(
         self,
         deadline: float,
         metadata: Metadata | Callable[[], Metadata] = (),
         peer: str | Callable[[], str] = "",
+        lookup: Callable[[str], str | bytes | None] | None = None,
     ) -> None:
         self.deadline = deadline  # time.monotonic() seconds; 0: none
         self._metadata = metadata
         self._peer = peer
+        self._lookup = lookup
         self.principal = None  # security.auth.Principal, set by the front end's check
 
     @property
@@ -50,11 +54,16 @@ class RequestContext:
 
     def header(self, key: str) -> str | None:
         """The first value of ``key`` (lowercase), as text."""
-        for item in self.metadata:
-            if item[0] == key:
-                value = item[1]
-                return value.decode("latin-1") if isinstance(value, bytes) else value
-        return None
+        if self._lookup is not None and callable(self._metadata):
+            value = self._lookup(key)
+        else:
+            for item in self.metadata:
+                if item[0] == key:
+                    value = item[1]
+                    break
+            else:
+                return None
+        return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 # The context of work no caller waits on (shadow runs, warm-up).

@@ -102,6 +102,28 @@ def test_calls_reach_python_with_their_bytes_metadata_and_deadline(frontend, stu
     assert stats["infer_started"] == 2 and stats["infer_with_python"] == 0
 
 
+def test_one_header_is_read_without_the_whole_metadata(frontend, stub):
+    from tensorgate.context import RequestContext
+
+    future = stub.future(b"call", metadata=[("x-key", "first"), ("x-key", "second"),
+                                            ("x-blob-bin", b"\x00\xff"), ("x-text", "a b")],
+                         timeout=30)
+    (call,), _ = _drain_until(frontend, calls=1)
+    # Values as invocation_metadata gives them: text decoded, -bin keys as bytes.
+    assert call.metadata_value("x-key") == "first"
+    assert call.metadata_value("x-blob-bin") == b"\x00\xff"
+    assert call.metadata_value("x-text") == "a b"
+    assert call.metadata_value("x-absent") is None
+    ctx = RequestContext(0.0, call.invocation_metadata, "", call.metadata_value)
+    assert ctx.header("x-key") == "first" and ctx.header("x-absent") is None
+    assert ctx.header("x-blob-bin") == "\x00\xff"  # bytes read as latin-1, as before
+    assert callable(ctx._metadata)  # a single lookup, not the whole metadata read
+    assert ("x-key", "first") in ctx.metadata
+    assert ctx.header("x-text") == "a b"  # read from the pairs once they are read
+    call.finish(b"ok")
+    assert future.result(timeout=5) == b"ok"
+
+
 def test_abort_raises_the_status_for_the_dispatcher(frontend, stub):
     future = stub.future(b"x")
     (call,), _ = _drain_until(frontend, calls=1)

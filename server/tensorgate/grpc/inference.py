@@ -85,11 +85,13 @@ def caller_peer(context) -> str:
 
 def request_context(context, deadline: float | None = None) -> RequestContext:
     """The neutral view of a gRPC call (grpc.aio's context or the native front end's
-    call): metadata and peer are read only if something needs them."""
+    call): metadata and peer are read only if something needs them; a native call
+    answers a single header with one lookup (``metadata_value``)."""
     return RequestContext(
         deadline_of(context) if deadline is None else deadline,
         context.invocation_metadata,
         partial(caller_peer, context),
+        getattr(context, "metadata_value", None),
     )
 
 
