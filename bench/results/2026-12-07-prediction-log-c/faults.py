@@ -33,7 +33,7 @@ for cfg in configs:
         time.sleep(6)
         res["b"] = (threads(pid), proc(pid), time.time())
     th = threading.Thread(target=sample); th.start()
-    rps, cpu = closed_loop(srv, "convnet", 64, 8, 2)
+    rps, cpu = closed_loop(srv, os.environ.get("MODEL", "convnet"), 64, 8, 2)
     th.join()
     srv.stop(); shutil.rmtree(logs, ignore_errors=True)
     (ta, pa, t0), (tb, pb, t1) = res["a"], res["b"]
