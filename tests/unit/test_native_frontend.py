@@ -43,6 +43,25 @@ def _open(max_waiting: int = 100) -> NativeFrontend:
     )
 
 
+# Every ModelInfer call a test drained, answered or not (see _close).
+_DRAINED: list = []
+
+
+def _answer_drained() -> None:
+    """Answers every call a test drained and left unanswered (a no-op for the others).
+    A failed assertion leaves its calls unanswered, alive in the traceback; closing the
+    client's channel or shutting grpc++ down would then wait for them forever, and the
+    failure would never be reported."""
+    for call in _DRAINED:
+        call.fail(grpc.StatusCode.INTERNAL.value[0], "the test ended")
+    _DRAINED.clear()
+
+
+def _close(frontend) -> None:
+    _answer_drained()
+    frontend.shutdown(0.0)
+
+
 def _drain_until(frontend, calls: int = 0, cancelled: int = 0, messages: int = 0,
                  timeout: float = 5.0):
     """Drains until that many calls, cancellations and stream messages came; returns
@@ -56,6 +75,7 @@ def _drain_until(frontend, calls: int = 0, cancelled: int = 0, messages: int = 0
         select.select([frontend.fileno()], [], [], left)
         new, more, gone = frontend.drain()
         got_calls += new
+        _DRAINED.extend(new)
         got_messages += more
         got_cancelled += gone
     if messages:
@@ -67,13 +87,14 @@ def _drain_until(frontend, calls: int = 0, cancelled: int = 0, messages: int = 0
 def frontend():
     fe = _open()
     yield fe
-    fe.shutdown(0.0)
+    _close(fe)
 
 
 @pytest.fixture()
 def stub(frontend):
     with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
         yield channel.unary_unary(METHOD)  # bytes in, bytes out
+        _answer_drained()
 
 
 def test_calls_reach_python_with_their_bytes_metadata_and_deadline(frontend, stub):
@@ -139,6 +160,7 @@ def test_abort_raises_the_status_for_the_dispatcher(frontend, stub):
 def test_a_call_python_drops_is_answered_internal(frontend, stub):
     future = stub.future(b"x")
     calls, _ = _drain_until(frontend, calls=1)
+    _DRAINED.clear()  # the test's own list is the last reference
     del calls  # never answered: the front end must not wait for it forever
     with pytest.raises(grpc.RpcError) as err:
         future.result(timeout=5)
@@ -177,7 +199,7 @@ def test_calls_past_the_waiting_limit_are_shed_resource_exhausted():
                 call.finish(b"done")
             assert [f.result(timeout=5) for f in waiting] == [b"done", b"done"]
     finally:
-        frontend.shutdown(0.0)
+        _close(frontend)
 
 
 def test_shutdown_cancels_held_calls_after_the_grace(frontend, stub):
@@ -373,4 +395,4 @@ def test_stream_messages_past_the_waiting_limit_get_an_error_message():
             assert list(responses) == []
             assert frontend.stats()["infer_shed"] == 1
     finally:
-        frontend.shutdown(0.0)
+        _close(frontend)
