@@ -1,8 +1,8 @@
-"""One closed-loop step (convnet, c=64, 8 s) against a server with the prediction log
-off or at 100 %; prints req/s, server CPU per request, minor page faults per request
-and, per thread, CPU and faults per request over 6 s in the middle of the step (from
-/proc). Usage (repo root): python faults.py REPO off|100% [serve flags]. The
-experiment patch's TG_EXP variable picks the writer's variant."""
+"""One closed-loop step (convnet, or the model in $MODEL; c=64, 8 s) against a server
+with the prediction log off or at 100 %; prints req/s, server CPU per request, minor
+page faults per request and, per thread, CPU and faults per request over 6 s in the
+middle of the step (from /proc). Usage (repo root): python faults.py REPO off|100%
+[serve flags]. The experiment patch's TG_EXP variable picks the writer's variant."""
 import sys, os, time, tempfile, threading, shutil
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
